@@ -1,0 +1,27 @@
+"""The one record type every task loader produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MultipleChoiceExample:
+    """A question with a fixed set of answer choices and the index of the right one.
+
+    ``context`` carries a passage (BoolQ). ``loglik_pairs`` holds, per choice, the
+    ``(context, continuation)`` strings scored in ``choice_loglik`` mode; ``letter_prompt``
+    is the paper's prompt scored in ``letter`` mode.
+    """
+
+    uid: str
+    question: str
+    choices: tuple[str, ...]
+    label: int
+    letter_prompt: str
+    loglik_pairs: tuple[tuple[str, str], ...]
+    context: str | None = None
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.choices)

@@ -1,0 +1,198 @@
+"""Stochastic variational inference: one objective, one AdamW optimizer.
+
+The loop drives any *method* object that provides ``training_loss(batch, index,
+num_data, num_draws, per_example)`` (returning :class:`ELBOTerms`), ``param_groups(
+lr_factors, lr_gates, weight_decay)`` and ``training_metrics()``; ``BayesianLora`` and
+the baselines do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bslora_pyro.inference.elbo import ExactELBO
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+@dataclass
+class TrainConfig:
+    """SVI settings (paper defaults where it gives them).
+
+    Args:
+        steps: optimizer steps.
+        batch_size: questions per step.
+        lr_factors / lr_gates: AdamW learning rates of LoRA factors (and heads) and of the
+            variational gate parameters.
+        weight_decay: AdamW weight decay on the factors (MAP uses 1e-5).
+        warmup_ratio: share of steps with a linear warm-up; linear decay to 0 after.
+        num_particles: S gate draws per step, run as one batched forward.
+        per_example_masks: an independent draw for each question (same ELBO, lower
+            variance) instead of one per batch.
+        grad_clip: max global gradient norm (0 disables).
+        kl_weight: 1.0 is the exact ELBO; anything else is reported as tempered.
+        seed: seeds the data order and every random draw.
+    """
+
+    steps: int = 200
+    batch_size: int = 8
+    lr_factors: float = 1e-4
+    lr_gates: float = 1e-2
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    num_particles: int = 1
+    per_example_masks: bool = False
+    grad_clip: float = 1.0
+    kl_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "num_particles"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise ValueError(
+                    f"train.{key} must be a positive integer, got {getattr(self, key)!r}"
+                )
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def batch_indices(num_data: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """The dataset positions of minibatch ``step``: a pure function of (seed, step).
+
+    The index stream is the concatenation of seeded per-epoch permutations, so a resumed
+    run sees exactly the batches the uninterrupted one would.
+    """
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_data)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(num_data, generator=generator)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+def linear_schedule(steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, math.ceil(steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return factor
+
+
+class SVITrainer:
+    """Trains a method on a list of examples with a scorer-built batch per step.
+
+    ``encode(examples) -> batch`` turns a list of examples into the method's batch (the
+    scorer's ``encode``); batches are moved to ``device``.
+    """
+
+    def __init__(
+        self,
+        method,
+        encode: Callable[[Sequence], object],
+        config: TrainConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.method = method
+        self.encode = encode
+        self.config = config
+        self.device = torch.device(device)
+        self.elbo = ExactELBO(kl_weight=config.kl_weight)
+        groups = method.param_groups(config.lr_factors, config.lr_gates, config.weight_decay)
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(config.steps, config.warmup_ratio)
+        )
+        self.step = 0
+        self.history: list[dict] = []
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def train_step(self, examples: Sequence) -> dict:
+        """One SVI step on the minibatch chosen by (seed, step)."""
+        config = self.config
+        index = batch_indices(len(examples), config.batch_size, self.step, config.seed)
+        batch = self.encode([examples[i] for i in index.tolist()])
+        batch = batch.to(self.device) if hasattr(batch, "to") else batch
+        self.method.set_progress(self.step / config.steps)
+        started = time.perf_counter()
+        terms = self.method.training_loss(
+            batch,
+            index.to(self.device),
+            len(examples),
+            config.num_particles,
+            config.per_example_masks,
+            elbo=self.elbo,
+        )
+        if not torch.isfinite(terms.loss):
+            raise TrainingError(
+                f"loss is {terms.loss.item()} at step {self.step} (nll={terms.nll.item()}, "
+                f"kl={terms.kl.item()}); lower the learning rates or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        record = {
+            "step": self.step + 1,
+            "loss": terms.loss.item(),
+            "nll": terms.nll.item() / len(examples),
+            "kl": terms.kl.item(),
+            "seconds": time.perf_counter() - started,
+            **self.method.training_metrics(),
+        }
+        self.step += 1
+        self.history.append(record)
+        return record
+
+    def fit(
+        self,
+        examples: Sequence,
+        progress: bool = True,
+        on_step: Callable[[SVITrainer, dict], None] | None = None,
+    ) -> list[dict]:
+        """Run the remaining steps; ``on_step`` is called after each (checkpoints, logs)."""
+        from tqdm.auto import tqdm
+
+        if not examples:
+            raise ValueError("cannot train on an empty dataset")
+        if isinstance(self.method, torch.nn.Module):
+            self.method.train()
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            disable=not progress,
+            desc="SVI",
+            dynamic_ncols=True,
+        )
+        while self.step < self.config.steps:
+            record = self.train_step(examples)
+            bar.update(1)
+            bar.set_postfix(
+                elbo=f"{-record['loss']:.1f}",
+                nll=f"{record['nll']:.3f}",
+                kl=f"{record['kl']:.2f}",
+                ranks=f"{record.get('active_ranks', 0):.1f}",
+            )
+            if on_step is not None:
+                on_step(self, record)
+        bar.close()
+        return self.history

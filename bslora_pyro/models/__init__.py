@@ -1,0 +1,56 @@
+"""Rank-gate priors with their guides, one file each; found by name at import.
+
+Adding a prior means adding one file to this folder that defines a
+:class:`~bslora_pyro.models.base.GatePrior` subclass with a new ``name``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from bslora_pyro.models.base import (
+    ConcreteGate,
+    GatePrior,
+    GuideConfig,
+    PriorConfigError,
+)
+
+
+def _discover() -> dict[str, type[GatePrior]]:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+    found: dict[str, type[GatePrior]] = {}
+    stack = list(GatePrior.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.name:
+            if cls.name in found and found[cls.name] is not cls:
+                raise PriorConfigError(f"two priors are named {cls.name!r}")
+            found[cls.name] = cls
+    return found
+
+
+def available_priors() -> list[str]:
+    """Names of every prior defined in this folder (and any subclass imported since)."""
+    return sorted(_discover())
+
+
+def get_prior(name: str) -> type[GatePrior]:
+    """The prior class registered under ``name``."""
+    priors = _discover()
+    if name not in priors:
+        raise PriorConfigError(f"unknown prior {name!r}; available: {', '.join(sorted(priors))}")
+    return priors[name]
+
+
+__all__ = [
+    "ConcreteGate",
+    "GatePrior",
+    "GuideConfig",
+    "PriorConfigError",
+    "available_priors",
+    "get_prior",
+]

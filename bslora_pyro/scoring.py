@@ -1,0 +1,485 @@
+"""Turn multiple-choice examples into choice logits (the logits of one Categorical).
+
+Three modes:
+
+* ``letter``: one prompt per question; the LM head is applied at the last real position only
+  and the columns of the answer letters ``A, B, ...`` are kept.
+* ``choice_loglik``: one ``(context, continuation)`` row per (question, choice); the logit of a
+  choice is the summed log-probability of its continuation tokens (lm-evaluation-harness
+  style). The LM head is applied only at the positions that predict continuation tokens.
+* ``encoder``: multiple-choice head models (``BertForMultipleChoice``); each
+  ``(question, choice)`` is encoded as a text pair and the model returns ``[B, C]`` logits.
+
+Row convention (the gated LoRA layers rely on it): with ``num_draws`` draws every tensor
+reaching the network has leading dimension ``num_draws * m``, draw-major (``x.view(num_draws,
+m, ...)[d]`` is draw ``d``'s copy); inside a draw rows follow the questions, and in
+``choice_loglik`` and ``encoder`` modes row ``question * C + choice``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bslora_pyro.data.example import MultipleChoiceExample
+
+MODES = ("letter", "choice_loglik", "encoder")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class ScoringError(ValueError):
+    """Examples, tokenizer or model cannot be scored in the requested mode."""
+
+
+def masked_fill_value(dtype: torch.dtype = torch.float32) -> float:
+    """The large negative finite logit given to missing choices."""
+    return torch.finfo(dtype).min / 2
+
+
+def choice_probabilities(logits: Tensor) -> Tensor:
+    """Softmax over the choices (the last dimension)."""
+    return torch.softmax(logits, dim=-1)
+
+
+# ---------------------------------------------------------------------------- encoded batch
+
+
+@dataclass
+class EncodedBatch:
+    """Tensors for one batch of ``B`` questions with up to ``C`` choices.
+
+    ``input_ids``/``attention_mask`` are ``[B, T]`` (letter), ``[B * C, T]`` (choice_loglik,
+    row ``question * C + choice``) or ``[B, C, T]`` (encoder). ``last_positions`` ``[B]`` and
+    ``letter_ids`` ``[C]`` serve letter mode; ``target_positions``, ``target_ids`` and
+    ``target_mask`` ``[B * C, K]`` hold, per row, the positions predicting continuation
+    tokens, those tokens and which of the ``K`` slots are real.
+    """
+
+    mode: str
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+    choice_mask: Tensor
+    position_ids: Tensor | None = None
+    token_type_ids: Tensor | None = None
+    last_positions: Tensor | None = None
+    letter_ids: Tensor | None = None
+    target_positions: Tensor | None = None
+    target_ids: Tensor | None = None
+    target_mask: Tensor | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_choices(self) -> int:
+        return int(self.choice_mask.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
+    def _map(self, fn) -> EncodedBatch:
+        changes = {
+            f.name: fn(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> EncodedBatch:
+        """A copy with every tensor on ``device`` (non-blocking only for copies from the CPU)."""
+        return self._map(
+            lambda t: t.to(device, non_blocking=non_blocking and t.device.type == "cpu")
+        )
+
+    def pin_memory(self) -> EncodedBatch:
+        """A copy in pinned CPU memory (a no-op copy without CUDA)."""
+        if not torch.cuda.is_available():
+            return self
+        return self._map(lambda t: t.pin_memory() if t.device.type == "cpu" else t)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def _truncate_left(ids: list[int], max_length: int, keep_first: int | None = None) -> list[int]:
+    """Keep the last ``max_length`` ids (and the first id when it equals ``keep_first``)."""
+    if len(ids) <= max_length:
+        return ids
+    if keep_first is not None and ids and ids[0] == keep_first and max_length > 1:
+        return [ids[0], *ids[len(ids) - max_length + 1 :]]
+    return ids[len(ids) - max_length :]
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[Tensor, Tensor, int]:
+    """Pad ``seqs`` to a common length; returns ids, mask and the common length."""
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if not seq:
+            continue
+        start = width - len(seq) if side == "left" else 0
+        ids[row, start : start + len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, start : start + len(seq)] = 1
+    return ids, mask, width
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids counting real tokens only (0 on left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _offset(length: int, width: int, side: str) -> int:
+    """Column of a sequence's first token after padding."""
+    return width - length if side == "left" else 0
+
+
+def _choice_mask(examples: Sequence[MultipleChoiceExample], num_choices: int) -> Tensor:
+    counts = torch.tensor([ex.num_choices for ex in examples])
+    return torch.arange(num_choices).unsqueeze(0) < counts.unsqueeze(1)
+
+
+def _check_examples(examples: Sequence[MultipleChoiceExample], mode: str) -> None:
+    if len(examples) == 0:
+        raise ScoringError("no examples to encode")
+    for ex in examples:
+        if ex.num_choices < 1 or not 0 <= ex.label < ex.num_choices:
+            raise ScoringError(f"example {ex.uid!r}: label {ex.label} outside its choices")
+        if mode == "choice_loglik" and len(ex.loglik_pairs) != ex.num_choices:
+            raise ScoringError(
+                f"example {ex.uid!r}: {len(ex.loglik_pairs)} loglik pairs for "
+                f"{ex.num_choices} choices"
+            )
+        if mode == "letter" and ex.num_choices > len(LETTERS):
+            raise ScoringError(f"example {ex.uid!r}: more than {len(LETTERS)} choices")
+
+
+@contextmanager
+def _truncation_side(tokenizer: Any, side: str) -> Iterator[None]:
+    """Temporarily set the tokenizer's truncation side."""
+    previous = getattr(tokenizer, "truncation_side", "right")
+    tokenizer.truncation_side = side
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = previous
+
+
+def decoder_body(model: Any) -> Any:
+    """The transformer body of a causal LM (returns final, normed hidden states)."""
+    body = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if body is None or body is model:
+        body = getattr(model, "base_model", None)
+    if body is None or body is model:
+        raise ScoringError(f"cannot find the decoder body of {type(model).__name__}")
+    return body
+
+
+def output_head(model: Any) -> Any:
+    """The LM head module (possibly a gated LoRA wrapper); always called, never read."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ScoringError(f"{type(model).__name__} has no output embeddings (LM head)")
+    return head
+
+
+def _accepts(module: Any, name: str) -> bool:
+    params = inspect.signature(module.forward).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _model_device(model: Any) -> torch.device | None:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return None
+
+
+def _repeat(t: Tensor | None, num_draws: int) -> Tensor | None:
+    """Draw-major replication along the leading dimension."""
+    if t is None or num_draws == 1:
+        return t
+    return t.repeat(num_draws, *([1] * (t.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------- scorer
+
+
+class ChoiceScorer:
+    """Encode examples and compute choice logits ``[num_draws, B, C]`` in one mode."""
+
+    def __init__(self, tokenizer: Any, mode: str = "letter", max_length: int = 300) -> None:
+        if mode not in MODES:
+            raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
+        if max_length < 2:
+            raise ScoringError(f"max_length must be at least 2, got {max_length}")
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.max_length = int(max_length)
+        self.pad_id = _pad_id(tokenizer)
+        self._letter_ids: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"ChoiceScorer(mode={self.mode!r}, max_length={self.max_length})"
+
+    @property
+    def padding_side(self) -> str:
+        return getattr(self.tokenizer, "padding_side", "left") or "left"
+
+    # ------------------------------------------------------------------ letters
+
+    def letter_token_id(self, letter: str) -> int:
+        """The single token id of ``" A"`` (preferred) or ``"A"``; checked once per letter."""
+        if letter not in self._letter_ids:
+            self._letter_ids[letter] = self._find_letter_id(letter)
+        return self._letter_ids[letter]
+
+    def _find_letter_id(self, letter: str) -> int:
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        tried = []
+        for text in (f" {letter}", letter):
+            ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+            tried.append(f"{text!r} -> {ids}")
+            if len(ids) == 1 and (unk is None or ids[0] != unk):
+                return int(ids[0])
+        raise ScoringError(
+            f"answer letter {letter!r} is not a single token for tokenizer "
+            f"{_tokenizer_name(self.tokenizer)!r} ({'; '.join(tried)}): use another scoring mode"
+        )
+
+    def letter_token_ids(self, num_choices: int) -> list[int]:
+        """Token ids of the first ``num_choices`` answer letters."""
+        return [self.letter_token_id(letter) for letter in LETTERS[:num_choices]]
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, examples: Sequence[MultipleChoiceExample]) -> EncodedBatch:
+        """Tokenise, truncate and pad ``examples`` into CPU tensors (pinned under CUDA)."""
+        examples = list(examples)
+        _check_examples(examples, self.mode)
+        encoder = {
+            "letter": self._encode_letter,
+            "choice_loglik": self._encode_loglik,
+            "encoder": self._encode_pairs,
+        }[self.mode]
+        return encoder(examples).pin_memory()
+
+    def _common(self, examples: list[MultipleChoiceExample]) -> tuple[int, Tensor, Tensor]:
+        num_choices = max(ex.num_choices for ex in examples)
+        labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+        return num_choices, labels, _choice_mask(examples, num_choices)
+
+    def _encode_letter(self, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+        num_choices, labels, choice_mask = self._common(examples)
+        letter_ids = torch.tensor(self.letter_token_ids(num_choices), dtype=torch.long)
+        prompts = [ex.letter_prompt for ex in examples]
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        seqs = [
+            _truncate_left(list(ids), self.max_length, bos)
+            for ids in self.tokenizer(prompts)["input_ids"]
+        ]
+        for ex, seq in zip(examples, seqs, strict=True):
+            if not seq:
+                raise ScoringError(f"example {ex.uid!r}: the letter prompt has no tokens")
+        side = self.padding_side
+        ids, mask, width = _pad(seqs, self.pad_id, side)
+        last = [_offset(len(s), width, side) + len(s) - 1 for s in seqs]
+        return EncodedBatch(
+            mode=self.mode,
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            choice_mask=choice_mask,
+            position_ids=positions_from_mask(mask),
+            last_positions=torch.tensor(last, dtype=torch.long),
+            letter_ids=letter_ids,
+        )
+
+    def _tokenize_unique(self, texts: Sequence[str]) -> dict[str, list[int]]:
+        """Token ids (no special tokens) of each distinct text, in one tokenizer call."""
+        unique = sorted(set(texts))
+        if not unique:
+            return {}
+        encoded = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
+        return {text: list(ids) for text, ids in zip(unique, encoded, strict=True)}
+
+    def _prefix_id(self) -> int:
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self.tokenizer, name, None)
+            if value is not None:
+                return int(value)
+        return self.pad_id
+
+    def _loglik_rows(
+        self, examples: list[MultipleChoiceExample], num_choices: int
+    ) -> list[tuple[list[int], int] | None]:
+        """Per row ``question * C + choice``: (context + continuation ids, number of scored
+        tokens at the end), or None for a missing choice."""
+        pairs = []
+        for ex in examples:
+            for context, continuation in ex.loglik_pairs:
+                # lm-eval: trailing whitespace of the context moves to the continuation.
+                stripped = context.rstrip()
+                pairs.append((stripped, context[len(stripped) :] + continuation))
+        table = self._tokenize_unique([text for pair in pairs for text in pair])
+        rows: list[tuple[list[int], int] | None] = []
+        pair_iter = iter(pairs)
+        for ex in examples:
+            for choice in range(num_choices):
+                if choice >= ex.num_choices:
+                    rows.append(None)
+                    continue
+                context, continuation = next(pair_iter)
+                rows.append(self._loglik_row(table[context], table[continuation], ex.uid))
+        return rows
+
+    def _loglik_row(self, context: list[int], continuation: list[int], uid: str):
+        if not continuation:
+            raise ScoringError(f"example {uid!r}: a continuation has no tokens")
+        if not context:
+            context = [self._prefix_id()]
+        full = (context + continuation)[-(self.max_length + 1) :]
+        return full, min(len(continuation), len(full) - 1)
+
+    def _encode_loglik(self, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+        num_choices, labels, choice_mask = self._common(examples)
+        rows = self._loglik_rows(examples, num_choices)
+        seqs = [row[0][:-1] if row is not None else [self.pad_id] for row in rows]
+        side = self.padding_side
+        ids, mask, width = _pad(seqs, self.pad_id, side)
+        k_max = max([1] + [row[1] for row in rows if row is not None])
+        positions = torch.zeros((len(rows), k_max), dtype=torch.long)
+        targets = torch.zeros((len(rows), k_max), dtype=torch.long)
+        target_mask = torch.zeros((len(rows), k_max), dtype=torch.bool)
+        for r, row in enumerate(rows):
+            if row is None:
+                continue
+            full, k = row
+            end = _offset(len(full) - 1, width, side) + len(full) - 1
+            positions[r, :k] = torch.arange(end - k, end)
+            targets[r, :k] = torch.tensor(full[-k:], dtype=torch.long)
+            target_mask[r, :k] = True
+        return EncodedBatch(
+            mode=self.mode,
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            choice_mask=choice_mask,
+            position_ids=positions_from_mask(mask),
+            target_positions=positions,
+            target_ids=targets,
+            target_mask=target_mask,
+        )
+
+    def _encode_pairs(self, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+        num_choices, labels, choice_mask = self._common(examples)
+        firsts, seconds = [], []
+        for ex in examples:
+            question = ex.question if ex.context is None else f"{ex.context} {ex.question}"
+            padded = list(ex.choices) + [""] * (num_choices - ex.num_choices)
+            firsts.extend([question] * num_choices)
+            seconds.extend(padded)
+        with _truncation_side(self.tokenizer, "left"):
+            enc = self.tokenizer(
+                firsts,
+                seconds,
+                truncation="only_first",
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+        shape = (len(examples), num_choices, -1)
+        token_types = enc.get("token_type_ids")
+        return EncodedBatch(
+            mode=self.mode,
+            input_ids=enc["input_ids"].view(shape),
+            attention_mask=enc["attention_mask"].view(shape),
+            labels=labels,
+            choice_mask=choice_mask,
+            token_type_ids=None if token_types is None else token_types.view(shape),
+        )
+
+    # ------------------------------------------------------------------ logits
+
+    def logits(self, model: Any, batch: EncodedBatch, num_draws: int = 1) -> Tensor:
+        """Choice logits ``[num_draws, B, C]`` in float32; missing choices get a large negative
+        finite value. The batch is moved to the model's device when needed."""
+        if batch.mode != self.mode:
+            raise ScoringError(f"batch was encoded for {batch.mode!r}, scorer is {self.mode!r}")
+        if num_draws < 1:
+            raise ScoringError(f"num_draws must be positive, got {num_draws}")
+        device = _model_device(model)
+        if device is not None and device != batch.device:
+            batch = batch.to(device)
+        compute = {
+            "letter": self._letter_logits,
+            "choice_loglik": self._loglik_logits,
+            "encoder": self._encoder_logits,
+        }[self.mode]
+        scores = compute(model, batch, num_draws).float()
+        scores = scores.view(num_draws, batch.num_examples, batch.num_choices)
+        return scores.masked_fill(~batch.choice_mask, masked_fill_value(scores.dtype))
+
+    def _hidden_states(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
+        """Final hidden states ``[num_draws * rows, T, H]`` of the decoder body."""
+        body = decoder_body(model)
+        kwargs: dict[str, Any] = {
+            "input_ids": _repeat(batch.input_ids, num_draws),
+            "attention_mask": _repeat(batch.attention_mask, num_draws),
+        }
+        if batch.position_ids is not None and _accepts(body, "position_ids"):
+            kwargs["position_ids"] = _repeat(batch.position_ids, num_draws)
+        if _accepts(body, "use_cache"):
+            kwargs["use_cache"] = False
+        out = body(**kwargs)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _letter_logits(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
+        hidden = self._hidden_states(model, batch, num_draws)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, _repeat(batch.last_positions, num_draws)]  # [D * B, H]
+        vocab_logits = output_head(model)(last)
+        return vocab_logits.index_select(-1, batch.letter_ids)
+
+    def _loglik_logits(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
+        hidden = self._hidden_states(model, batch, num_draws)
+        positions = _repeat(batch.target_positions, num_draws)  # [D * R, K]
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        picked = hidden.gather(1, index)  # [D * R, K, H]
+        log_probs = output_head(model)(picked).float().log_softmax(dim=-1)
+        targets = _repeat(batch.target_ids, num_draws).unsqueeze(-1)
+        token_log_probs = log_probs.gather(-1, targets).squeeze(-1)
+        mask = _repeat(batch.target_mask, num_draws)
+        return torch.where(mask, token_log_probs, torch.zeros_like(token_log_probs)).sum(-1)
+
+    def _encoder_logits(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
+        kwargs = {
+            "input_ids": _repeat(batch.input_ids, num_draws),
+            "attention_mask": _repeat(batch.attention_mask, num_draws),
+        }
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = _repeat(batch.token_type_ids, num_draws)
+        out = model(**kwargs)
+        return out.logits if hasattr(out, "logits") else out[0]
