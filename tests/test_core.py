@@ -165,7 +165,7 @@ def test_elbo_decreases_on_a_learnable_task(prior):
 
 SPARSE_PRIORS = {
     "bernoulli": {"p0": 0.1},
-    "beta_bernoulli": {"a": 1.0, "b": 9.0},
+    "beta_bernoulli": {"a": 0.5, "b": 4.5},
     "stick_breaking": {"alpha0": 2.0},
 }
 
@@ -190,9 +190,9 @@ def test_posterior_keeps_only_the_ranks_the_task_needs(prior):
     trainer.fit(list(range(n)), progress=False)
     q = method.prior.inclusion_probs()["0"]
     prior_q = method.prior.prior_inclusion_probs()["0"]
-    on = q > 0.9
+    on = q > 0.8
     assert k <= on.sum() <= k + 1, q
-    assert (q[~on] < prior_q[~on] + 0.2).all(), (q, prior_q)
+    assert (q[~on] < prior_q[~on] + 0.25).all(), (q, prior_q)
 
 
 @pytest.mark.parametrize("prior", PRIORS)
