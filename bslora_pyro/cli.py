@@ -1,0 +1,103 @@
+"""The ``bslora`` command line: train, evaluate, compare, analyze."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> None:
+    from bslora_pyro.experiment.config import load_config
+    from bslora_pyro.experiment.report import metrics_table
+    from bslora_pyro.experiment.runner import run_experiment
+
+    config = load_config(args.config, args.set)
+    if args.data_dir:
+        config.data.dir = args.data_dir
+    results = run_experiment(config, args.out, progress=not args.quiet)
+    print(metrics_table(results))
+    print(f"run directory: {args.out} (report: {Path(args.out) / 'report.md'})")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from bslora_pyro.experiment.report import metrics_table
+    from bslora_pyro.experiment.runner import evaluate_run
+
+    results = evaluate_run(args.run_dir, args.task, split=args.split, limit=args.limit,
+                           data_dir=args.data_dir, num_samples=args.num_samples,
+                           progress=not args.quiet)
+    print(metrics_table(results))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from bslora_pyro.experiment.compare import compare_tables
+
+    markdown, csv_text = compare_tables([Path(p) for p in args.run_dirs])
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.md").write_text(markdown + "\n")
+        (out / "comparison.csv").write_text(csv_text)
+        print(f"written: {out / 'comparison.md'}, {out / 'comparison.csv'}")
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from bslora_pyro.analysis import analyze_run
+
+    for path in analyze_run(args.run_dir):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bslora", description="Calibrated fine-tuning with Bayesian sparse LoRA (Pyro)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a method from a YAML config, then evaluate it")
+    train.add_argument("config", help="YAML config (see experiments/configs/)")
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.steps=100")
+    train.add_argument("--data-dir", help="local data folder (else BSLORA_DATA_DIR or the hub)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run on another task")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--task", required=True, help="e.g. arc_challenge, mmlu:college_physics")
+    evaluate.add_argument("--split", default="dev", help="split of the task (default dev)")
+    evaluate.add_argument("--limit", type=int, help="first N questions only")
+    evaluate.add_argument("--data-dir", help="local data folder")
+    evaluate.add_argument("--num-samples", type=int, help="Monte Carlo samples M")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=_evaluate)
+
+    compare = sub.add_parser("compare", help="side-by-side table of runs (mean ± std over seeds)")
+    compare.add_argument("run_dirs", nargs="+")
+    compare.add_argument("--out", help="folder for comparison.md and comparison.csv")
+    compare.set_defaults(func=_compare)
+
+    analyze = sub.add_parser("analyze", help="ArviZ data and plots of a run's gate posterior")
+    analyze.add_argument("run_dir")
+    analyze.set_defaults(func=_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"bslora {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

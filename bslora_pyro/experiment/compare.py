@@ -1,0 +1,83 @@
+"""Side-by-side tables of runs: mean +- std over seeds of runs that share a setting."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+import yaml
+
+from bslora_pyro.experiment import rundir
+
+METRICS = ("acc", "ece", "nll", "brier")
+LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc"}
+
+
+def setting_of(run_dir: Path) -> str:
+    """A run's setting label: its name and method (seeds are pooled)."""
+    config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    return f"{config['method']}" if config["name"] in ("experiment",) else (
+        f"{config['name']}/{config['method']}" if config["name"] != config["method"]
+        else config["method"])
+
+
+def collect(run_dirs: list[Path]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """setting -> eval set -> metric -> values over seeds."""
+    table: dict = {}
+    for run in run_dirs:
+        run = Path(run)
+        if not (run / rundir.METRICS).is_file():
+            raise FileNotFoundError(f"{run} has no {rundir.METRICS}: is it a finished run?")
+        metrics = rundir.read_metrics(run)
+        setting = table.setdefault(setting_of(run), {})
+        for name, values in metrics.items():
+            if name.startswith("_"):
+                continue
+            cell = setting.setdefault(name, {})
+            for metric, value in values.items():
+                if isinstance(value, (int, float)):
+                    cell.setdefault(metric, []).append(float(value))
+    return table
+
+
+def _fmt(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) > 1:
+        return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+    return f"{mean:.3f}"
+
+
+def compare_tables(run_dirs: list[Path], metrics=METRICS) -> tuple[str, str]:
+    """(markdown, csv): rows = settings, columns = eval set x metric; best per column in
+    bold (highest accuracy, lowest of the others)."""
+    table = collect(run_dirs)
+    sets = sorted({s for setting in table.values() for s in setting})
+    columns = [(s, m) for s in sets for m in metrics]
+    best = {}
+    for column in columns:
+        means = {name: statistics.fmean(v[column[0]][column[1]]) for name, v in table.items()
+                 if column[0] in v and column[1] in v[column[0]]}
+        if means:
+            pick = min if column[1] in LOWER_IS_BETTER else max
+            best[column] = pick(means, key=means.get)
+    header = "| method | " + " | ".join(f"{s} {m}" for s, m in columns) + " |"
+    lines = [header, "|---|" + "---|" * len(columns)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["setting", "set", "metric", "mean", "std", "n_seeds"])
+    for name, sets_ in table.items():
+        cells = []
+        for column in columns:
+            values = sets_.get(column[0], {}).get(column[1])
+            if not values:
+                cells.append("")
+                continue
+            text = _fmt(values)
+            cells.append(f"**{text}**" if best.get(column) == name else text)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            writer.writerow([name, column[0], column[1], statistics.fmean(values), std,
+                             len(values)])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), out.getvalue()

@@ -1,0 +1,203 @@
+"""Typed experiment configuration read from YAML; unknown keys are one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bslora_pyro.adapter import AdapterConfig
+from bslora_pyro.inference.svi import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and how answers are scored.
+
+    ``name``: hub id, local folder, or the offline aliases ``smollm2-135m`` / ``minilm``.
+    ``scoring``: ``letter`` (paper), ``choice_loglik`` (small LMs) or ``encoder``.
+    """
+
+    name: str = "smollm2-135m"
+    scoring: str = "choice_loglik"
+    dtype: str = "float32"
+    device: str = "auto"
+    max_length: int = 300
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scoring not in ("letter", "choice_loglik", "encoder"):
+            raise ConfigError(
+                f"model.scoring must be letter, choice_loglik or encoder, got {self.scoring!r}"
+            )
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass
+class SplitConfig:
+    """One task split: ``task`` from ``bslora_pyro.data.available_tasks()``."""
+
+    task: str
+    split: str
+    limit: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}:{self.split}"
+
+
+@dataclass
+class DataConfig:
+    """Training split and evaluation splits (the first is in-distribution; the rest are
+    distribution shifts scored for OOD detection against it)."""
+
+    dir: str | None = None
+    train: SplitConfig = field(default_factory=lambda: SplitConfig("arc_easy", "train", 600))
+    eval: list[SplitConfig] = field(
+        default_factory=lambda: [SplitConfig("arc_easy", "dev", 300)]
+    )
+    heldout_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.eval:
+            raise ConfigError("data.eval must list at least one evaluation split")
+
+
+@dataclass
+class PredictConfig:
+    """Posterior predictive: ``num_samples`` gate draws (M), questions per batch."""
+
+    num_samples: int = 10
+    batch_size: int = 8
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs. ``method_options`` go to the method's ``build``."""
+
+    name: str = "experiment"
+    seed: int = 0
+    method: str = "bslora"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as error:
+                errors.append(error)
+        raise ConfigError(f"{where}: {value!r} is not a valid {_name(annotation)}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        return build_dataclass(annotation, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if isinstance(value, bool) != (annotation is bool) or not isinstance(value, annotation):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def build_dataclass(cls: type, data: Any, where: str = "config"):
+    """Build ``cls`` from a mapping, checking every key and value type."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        prefix = "" if where == "config" else f"{where}."
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}{hint}")
+    kwargs = {}
+    for key, value in data.items():
+        child = key if where == "config" else f"{where}.{key}"
+        kwargs[key] = _check_type(value, hints[key], child)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
+    """Read a YAML config (or defaults), apply ``--set`` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    return build_dataclass(ExperimentConfig, apply_overrides(data, overrides or []))

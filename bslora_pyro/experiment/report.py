@@ -1,0 +1,97 @@
+"""``report.md`` and ``reliability.png`` of a run directory (what a person reads first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bslora_pyro import metrics as M
+from bslora_pyro.experiment import rundir
+from bslora_pyro.inference.export import atomic_write_text
+
+COLUMNS = ("acc", "ece", "nll", "brier", "aurc", "ood_auroc_entropy", "ood_auroc_mi")
+
+
+def plot_reliability(run_dir: Path) -> Path | None:
+    """Reliability diagrams, one panel per evaluation set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted((run_dir / rundir.PREDICTIONS).glob("*.jsonl"))
+    if not files:
+        return None
+    fig, axes = plt.subplots(1, len(files), figsize=(4 * len(files), 4), squeeze=False)
+    for ax, path in zip(axes[0], files):
+        preds = rundir.read_predictions(path)
+        bins = M.reliability_bins(preds.probs.numpy(), preds.labels.numpy())
+        edges = bins["edges"]
+        centers = (edges[:-1] + edges[1:]) / 2
+        ax.bar(centers, bins["accuracy"], width=edges[1] - edges[0], alpha=0.7,
+               edgecolor="black", label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+        ece = M.expected_calibration_error(preds.probs.numpy(), preds.labels.numpy())
+        ax.set_title(f"{path.stem.replace('__', ':')}\nECE {ece:.3f}")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "reliability.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def metrics_table(metrics: dict) -> str:
+    sets = [k for k in metrics if not k.startswith("_")]
+    used = [c for c in COLUMNS if any(c in metrics[s] for s in sets)]
+    lines = ["| set | n | " + " | ".join(used) + " |", "|---|---|" + "---|" * len(used)]
+    for name in sets:
+        row = metrics[name]
+        cells = [f"{row[c]:.3f}" if c in row else "" for c in used]
+        lines.append(f"| {name} | {row.get('n', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path:
+    """Write ``report.md``: setup, metrics, training summary and links to the plots."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    metrics = rundir.read_metrics(run_dir)
+    plot_reliability(run_dir)
+    train_log = rundir.read_jsonl(run_dir / rundir.TRAIN_LOG)
+    adapter = config["adapter"]
+    lines = [
+        f"# Run report: {config['name']} ({config['method']}, seed {config['seed']})",
+        "",
+        f"- model: `{config['model']['name']}`, scoring `{config['model']['scoring']}`",
+        f"- adapter: r={adapter['r']}, alpha={adapter['alpha']}, targets "
+        f"{adapter['target_modules']}, layers {adapter['layers'] or 'all'}",
+        f"- method options: `{config['method_options']}`",
+        f"- training: {config['data']['train']['task']}:{config['data']['train']['split']} "
+        f"(limit {config['data']['train']['limit']}), {config['train']['steps']} steps of "
+        f"{config['train']['batch_size']}, M = {config['predict']['num_samples']} at test",
+    ]
+    if adapter["layers"]:
+        lines.append(f"- only blocks `{adapter['layers']}` are adapted (the lower blocks stay "
+                     "frozen and unadapted to keep CPU runs short)")
+    run = metrics.get("_run", {})
+    if run:
+        lines.append(f"- train time {run.get('train_seconds')} s on {run.get('train_examples')} "
+                     "examples" + (f"; expected active ranks {run['expected_active_ranks']:.1f}"
+                                   if "expected_active_ranks" in run else ""))
+    lines += ["", "## Metrics", "", metrics_table(metrics), "",
+              "OOD AUROC columns score the shifted sets against the first (in-distribution) set.",
+              "", "![reliability](reliability.png)", ""]
+    if train_log:
+        first, last = train_log[0], train_log[-1]
+        lines += ["## Training", "",
+                  f"loss (negative ELBO) {first['loss']:.1f} -> {last['loss']:.1f}; "
+                  f"NLL per example {first['nll']:.3f} -> {last['nll']:.3f}; "
+                  f"KL {first['kl']:.2f} -> {last['kl']:.2f}", ""]
+    lines += extra_sections or []
+    path = run_dir / rundir.REPORT
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,219 @@
+"""Train a method from a config, evaluate it, and fill a run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from bslora_pyro.experiment import rundir
+from bslora_pyro.experiment.config import ConfigError, ExperimentConfig, SplitConfig
+from bslora_pyro.experiment.evaluation import set_metrics
+
+log = logging.getLogger("bslora_pyro")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_split(split: SplitConfig, data_dir: str | None) -> list:
+    from bslora_pyro.data import load_task
+
+    return load_task(split.task, split.split, data_dir=data_dir, limit=split.limit)
+
+
+def build_scorer_and_backbone(config: ExperimentConfig):
+    from bslora_pyro.backbones import load_backbone
+    from bslora_pyro.scoring import ChoiceScorer
+
+    task = "multiple_choice" if config.model.scoring == "encoder" else "causal_lm"
+    backbone, tokenizer = load_backbone(
+        config.model.name,
+        task=task,
+        dtype=DTYPES[config.model.dtype],
+        trust_remote_code=config.model.trust_remote_code,
+        device=resolve_device(config.model.device),
+    )
+    scorer = ChoiceScorer(tokenizer, config.model.scoring, max_length=config.model.max_length)
+    return backbone, scorer
+
+
+def build_method(config: ExperimentConfig, backbone, scorer):
+    from bslora_pyro.methods import build_method as build
+
+    method = build(config.method, backbone, scorer, config.adapter, config.method_options)
+    if isinstance(method, torch.nn.Module):
+        method.to(resolve_device(config.model.device))
+    return method
+
+
+def _log_step(run_dir: Path, config: ExperimentConfig, method):
+    def on_step(trainer, record: dict) -> None:
+        rundir.append_jsonl(run_dir / rundir.TRAIN_LOG, record)
+        step = record["step"]
+        prior = getattr(method, "prior", None)
+        if prior is not None and (step % config.log_every == 0 or step == config.train.steps):
+            probs = {k: [round(float(x), 5) for x in v] for k, v in prior.inclusion_probs().items()}
+            rundir.append_jsonl(run_dir / rundir.GATE_LOG, {"step": step, "probs": probs})
+
+    return on_step
+
+
+def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path, progress=True):
+    """Run SVI (and any post-hoc fitting the method asks for)."""
+    from bslora_pyro.inference.svi import SVITrainer
+
+    if getattr(method, "trainable", True):
+        fit = getattr(method, "fit", None)
+        if fit is not None:  # methods that train several members (deep ensemble)
+            fit(train_examples, method.scorer.encode, config.train, progress=progress,
+                on_step=_log_step(run_dir, config, method))
+        else:
+            device = resolve_device(config.model.device)
+            trainer = SVITrainer(method, method.scorer.encode, config.train, device=device)
+            trainer.fit(train_examples, progress=progress, on_step=_log_step(run_dir, config, method))
+    return method
+
+
+def save_method(method, run_dir: Path) -> None:
+    save = getattr(method, "save", None)
+    if save is not None:
+        save(run_dir / rundir.WEIGHTS)
+    elif hasattr(method, "prior"):
+        from bslora_pyro.inference.export import save_posterior
+
+        save_posterior(method, run_dir / rundir.WEIGHTS)
+
+
+def evaluate_sets(
+    config: ExperimentConfig,
+    method,
+    splits: list[SplitConfig],
+    run_dir: Path,
+    reference=None,
+    progress: bool = True,
+) -> dict:
+    """Predict each split, write its predictions file, and return its metrics."""
+    from bslora_pyro.inference.predictive import predict
+
+    results = {}
+    device = resolve_device(config.model.device)
+    for i, split in enumerate(splits):
+        examples = load_split(split, config.data.dir)
+        started = time.perf_counter()
+        preds = predict(method, examples, method.scorer.encode,
+                        num_samples=config.predict.num_samples,
+                        batch_size=config.predict.batch_size, device=device, progress=progress,
+                        seed=config.seed)
+        seconds = time.perf_counter() - started
+        if i == 0 and reference is None:
+            reference = preds
+            metrics = set_metrics(preds)
+        else:
+            metrics = set_metrics(preds, reference)
+        metrics["predict_seconds"] = round(seconds, 2)
+        results[split.label] = metrics
+        rundir.write_predictions(run_dir, split.label, [e.uid for e in examples], preds)
+        log.info("%s: %s", split.label, json.dumps(metrics))
+    return results
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train ``config.method``, save it, evaluate every ``data.eval`` split, and write
+    ``metrics.json``, predictions, the training log, plots and ``report.md``."""
+    from bslora_pyro.experiment.report import write_report
+
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (rundir.TRAIN_LOG, rundir.GATE_LOG):
+        (run_dir / stale).unlink(missing_ok=True)
+    rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
+                                                                     sort_keys=False))
+    seed_everything(config.seed)
+    train_examples = load_split(config.data.train, config.data.dir)
+    for split in config.data.eval:  # fail on a bad eval set before spending time training
+        load_split(SplitConfig(split.task, split.split, 1), config.data.dir)
+    backbone, scorer = build_scorer_and_backbone(config)
+    method = build_method(config, backbone, scorer)
+    started = time.perf_counter()
+    train_method(config, method, train_examples, run_dir, progress)
+    train_seconds = time.perf_counter() - started
+    posthoc = getattr(method, "fit_posthoc", None)
+    if posthoc is not None:
+        posthoc(train_examples, scorer.encode)
+    save_method(method, run_dir)
+    results = evaluate_sets(config, method, config.data.eval, run_dir, progress=progress)
+    results["_run"] = {"method": config.method, "seed": config.seed,
+                       "train_seconds": round(train_seconds, 1),
+                       "train_examples": len(train_examples)}
+    if hasattr(method, "expected_active_ranks"):
+        results["_run"]["expected_active_ranks"] = method.expected_active_ranks()
+    rundir.write_metrics(run_dir, results)
+    write_report(run_dir)
+    return results
+
+
+def read_run_config(run_dir: Path) -> ExperimentConfig:
+    from bslora_pyro.experiment.config import build_dataclass
+
+    path = Path(run_dir) / rundir.CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: {rundir.CONFIG} is missing")
+    return build_dataclass(ExperimentConfig, yaml.safe_load(path.read_text()))
+
+
+def load_trained_method(run_dir: Path, config: ExperimentConfig):
+    """Rebuild the run's method on a fresh backbone and load its saved weights."""
+    from bslora_pyro.methods import method_module
+
+    backbone, scorer = build_scorer_and_backbone(config)
+    module = method_module(config.method)
+    weights = Path(run_dir) / rundir.WEIGHTS
+    loader = getattr(module, "load", None)
+    if loader is not None:
+        return loader(weights, backbone, scorer)
+    if config.method == "bslora":
+        from bslora_pyro.inference.export import load_posterior
+
+        return load_posterior(weights, backbone, scorer)
+    return build_method(config, backbone, scorer)
+
+
+def evaluate_run(run_dir: str | Path, task: str, split: str = "dev", limit: int | None = None,
+                 data_dir: str | None = None, num_samples: int | None = None,
+                 progress: bool = True) -> dict:
+    """Evaluate a trained run on another task (a distribution shift) into its run dir."""
+    from bslora_pyro.experiment.report import write_report
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    if data_dir is not None:
+        config.data.dir = data_dir
+    if num_samples is not None:
+        config.predict.num_samples = num_samples
+    seed_everything(config.seed)
+    method = load_trained_method(run_dir, config)
+    reference_path = run_dir / rundir.PREDICTIONS / f"{rundir.safe_name(config.data.eval[0].label)}.jsonl"
+    reference = rundir.read_predictions(reference_path) if reference_path.is_file() else None
+    results = evaluate_sets(config, method, [SplitConfig(task, split, limit)], run_dir,
+                            reference=reference, progress=progress)
+    metrics = rundir.read_metrics(run_dir)
+    metrics.update(results)
+    rundir.write_metrics(run_dir, metrics)
+    write_report(run_dir)
+    return results
