@@ -44,6 +44,20 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"written: {out / 'comparison.md'}, {out / 'comparison.csv'}")
 
 
+def _grid(args: argparse.Namespace) -> None:
+    from bslora_pyro.experiment.config import load_config
+    from bslora_pyro.experiment.grid import run_grid
+
+    config = load_config(args.config, args.set)
+    if args.data_dir:
+        config.data.dir = args.data_dir
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    markdown, _ = run_grid(config, args.out, methods, seeds, progress=not args.quiet)
+    print(markdown)
+    print(f"written: {Path(args.out) / 'comparison.md'}")
+
+
 def _analyze(args: argparse.Namespace) -> None:
     from bslora_pyro.analysis import analyze_run
 
@@ -80,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+")
     compare.add_argument("--out", help="folder for comparison.md and comparison.csv")
     compare.set_defaults(func=_compare)
+
+    grid = sub.add_parser("grid", help="several methods x seeds on one config, then compare")
+    grid.add_argument("config")
+    grid.add_argument("--out", required=True)
+    grid.add_argument("--methods", default="zero_shot,mle,bslora",
+                      help="comma-separated method names (default zero_shot,mle,bslora)")
+    grid.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    grid.add_argument("--data-dir")
+    grid.add_argument("--quiet", action="store_true")
+    grid.set_defaults(func=_grid)
 
     analyze = sub.add_parser("analyze", help="ArviZ data and plots of a run's gate posterior")
     analyze.add_argument("run_dir")

@@ -16,11 +16,10 @@ LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc"}
 
 
 def setting_of(run_dir: Path) -> str:
-    """A run's setting label: its name and method (seeds are pooled)."""
+    """A run's setting label: its method, prefixed by the run name unless that is generic."""
     config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
-    return f"{config['method']}" if config["name"] in ("experiment",) else (
-        f"{config['name']}/{config['method']}" if config["name"] != config["method"]
-        else config["method"])
+    name, method = config["name"], config["method"]
+    return method if name in ("experiment", method) else f"{name}/{method}"
 
 
 def collect(run_dirs: list[Path]) -> dict[str, dict[str, dict[str, list[float]]]]:

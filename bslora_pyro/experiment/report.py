@@ -22,7 +22,7 @@ def plot_reliability(run_dir: Path) -> Path | None:
     if not files:
         return None
     fig, axes = plt.subplots(1, len(files), figsize=(4 * len(files), 4), squeeze=False)
-    for ax, path in zip(axes[0], files):
+    for ax, path in zip(axes[0], files, strict=True):
         preds = rundir.read_predictions(path)
         bins = M.reliability_bins(preds.probs.numpy(), preds.labels.numpy())
         edges = bins["edges"]

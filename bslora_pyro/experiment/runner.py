@@ -133,9 +133,18 @@ def evaluate_sets(
     return results
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    scorer=None,
+) -> dict:
     """Train ``config.method``, save it, evaluate every ``data.eval`` split, and write
-    ``metrics.json``, predictions, the training log, plots and ``report.md``."""
+    ``metrics.json``, predictions, the training log, plots and ``report.md``.
+
+    A ``scorer`` built earlier may be passed to share its tokenizer and its cache of
+    frozen-prefix hidden states between runs on the same backbone (see ``run_grid``).
+    """
     from bslora_pyro.experiment.report import write_report
 
     run_dir = Path(out_dir)
@@ -148,7 +157,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, progress: bool
     train_examples = load_split(config.data.train, config.data.dir)
     for split in config.data.eval:  # fail on a bad eval set before spending time training
         load_split(SplitConfig(split.task, split.split, 1), config.data.dir)
-    backbone, scorer = build_scorer_and_backbone(config)
+    backbone, own_scorer = build_scorer_and_backbone(config)
+    scorer = scorer or own_scorer
     method = build_method(config, backbone, scorer)
     started = time.perf_counter()
     train_method(config, method, train_examples, run_dir, progress)

@@ -1,0 +1,55 @@
+"""Several methods x seeds on one config, in one process, then a comparison table."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from bslora_pyro.experiment.compare import compare_tables
+from bslora_pyro.experiment.config import ExperimentConfig, build_dataclass
+from bslora_pyro.experiment.runner import build_scorer_and_backbone, run_experiment
+
+#: per-method settings that differ from the shared config (the same data, seeds, steps)
+METHOD_DEFAULTS: dict[str, dict] = {
+    "map": {"train": {"weight_decay": 1e-5}},
+}
+
+
+def method_config(config: ExperimentConfig, method: str, seed: int) -> ExperimentConfig:
+    """The shared config with ``method`` and ``seed`` set; other methods' options dropped."""
+    data = copy.deepcopy(config.to_dict())
+    data["method"], data["seed"] = method, seed
+    data["train"]["seed"] = seed
+    if method != config.method:
+        data["method_options"] = {}
+    for section, values in METHOD_DEFAULTS.get(method, {}).items():
+        data[section].update(values)
+    return build_dataclass(ExperimentConfig, data)
+
+
+def run_grid(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    methods: list[str],
+    seeds: list[int],
+    progress: bool = True,
+) -> tuple[str, str]:
+    """Run every (method, seed) into ``out_dir/<method>/seed<k>`` and compare them.
+
+    All runs share one scorer, so frozen lower-block hidden states are computed once.
+    Returns the comparison table as (markdown, csv), also written to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    _, scorer = build_scorer_and_backbone(config)
+    runs = []
+    for method in methods:
+        for seed in seeds:
+            run_dir = out_dir / method / f"seed{seed}"
+            print(f"== {method}, seed {seed} -> {run_dir}", flush=True)
+            run_experiment(method_config(config, method, seed), run_dir, progress, scorer=scorer)
+            runs.append(run_dir)
+    markdown, csv_text = compare_tables(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.md").write_text(markdown + "\n")
+    (out_dir / "comparison.csv").write_text(csv_text)
+    return markdown, csv_text

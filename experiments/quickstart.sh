@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up the environment, then fine-tune SmolLM2-135M on ARC-Easy with Bayesian sparse
+# LoRA next to plain LoRA (MLE) and the zero-shot model (same data, seed and budget),
+# evaluate on ARC-Easy dev and ARC-Challenge dev (shift), and print the comparison.
+# Extra arguments go to `bslora grid` (e.g. --seeds 0,1,2 or --set train.steps=100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export BSLORA_DATA_DIR="${BSLORA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+.venv/bin/bslora grid experiments/configs/quickstart.yaml --out runs/quickstart \
+  --methods zero_shot,mle,bslora "$@"
+.venv/bin/bslora analyze runs/quickstart/bslora/seed0 >/dev/null 2>&1 || true
+echo "reports: runs/quickstart/*/seed*/report.md"
