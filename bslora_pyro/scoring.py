@@ -14,21 +14,37 @@ Row convention (the gated LoRA layers rely on it): with ``num_draws`` draws ever
 reaching the network has leading dimension ``num_draws * m``, draw-major (``x.view(num_draws,
 m, ...)[d]`` is draw ``d``'s copy); inside a draw rows follow the questions, and in
 ``choice_loglik`` and ``encoder`` modes row ``question * C + choice``.
+
+Fast paths (same logits, see ``tests/test_fast_paths.py``): when every adapter sits in blocks
+``>= k`` of a supported stack (Llama family, BERT), the blocks below ``k`` run once per batch
+without autograd and only the top runs per draw (:mod:`bslora_pyro.prefix`); under autograd the
+block-``k`` states are cached across steps by example uid within ``prefix_cache_mb``. Draws are
+split into chunks whose estimated activation memory fits ``draw_chunk_mb``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from bslora_pyro.adapter.gated_lora import GatedLoraLinear, GateShapeError
 from bslora_pyro.data.example import MultipleChoiceExample
+from bslora_pyro.prefix import (
+    BertStack,
+    FrozenPrefix,
+    LlamaStack,
+    PrefixCache,
+    Rows,
+    lower_with_cache,
+)
 
 MODES = ("letter", "choice_loglik", "encoder")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -59,7 +75,8 @@ class EncodedBatch:
     row ``question * C + choice``) or ``[B, C, T]`` (encoder). ``last_positions`` ``[B]`` and
     ``letter_ids`` ``[C]`` serve letter mode; ``target_positions``, ``target_ids`` and
     ``target_mask`` ``[B * C, K]`` hold, per row, the positions predicting continuation
-    tokens, those tokens and which of the ``K`` slots are real.
+    tokens, those tokens and which of the ``K`` slots are real. ``uids`` ``[B]`` name the
+    questions (keys of the cross-step prefix cache).
     """
 
     mode: str
@@ -74,6 +91,7 @@ class EncodedBatch:
     target_positions: Tensor | None = None
     target_ids: Tensor | None = None
     target_mask: Tensor | None = None
+    uids: tuple[str, ...] | None = None
 
     @property
     def num_examples(self) -> int:
@@ -217,6 +235,50 @@ def _model_device(model: Any) -> torch.device | None:
         return None
 
 
+def _gated_layers(model: nn.Module) -> list[GatedLoraLinear]:
+    return [m for m in model.modules() if isinstance(m, GatedLoraLinear)]
+
+
+@contextmanager
+def _draw_slice(
+    layers: Sequence[GatedLoraLinear], num_draws: int, start: int, count: int
+) -> Iterator[None]:
+    """Temporarily keep only the gate groups of draws ``start .. start + count - 1``."""
+    saved = [(layer, layer.gates) for layer in layers]
+    try:
+        for layer, gates in saved:
+            if gates is None or gates.dim() < 2:
+                continue
+            if gates.shape[0] % num_draws:
+                raise GateShapeError(
+                    f"{gates.shape[0]} gate groups are not a multiple of {num_draws} draws"
+                )
+            per_draw = gates.shape[0] // num_draws
+            layer.gates = gates[start * per_draw : (start + count) * per_draw]
+        yield
+    finally:
+        for layer, gates in saved:
+            layer.gates = gates
+
+
+def _draw_bytes(model: Any, rows: int, width: int, blocks: int, head: int, grad: bool) -> int:
+    """A rough activation-memory estimate of one draw: a block's transient tensors (times the
+    blocks whose activations autograd keeps) plus ``head`` float32 vocabulary rows."""
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 1024))
+    inner = int(getattr(config, "intermediate_size", 4 * hidden))
+    heads = int(getattr(config, "num_attention_heads", 16))
+    vocab = int(getattr(config, "vocab_size", 32000))
+    elem = next(model.parameters()).element_size()
+    block = rows * width * (6 * hidden + 3 * inner) * elem + rows * heads * width * width * 4
+    return block * (max(1, blocks) if grad else 1) + head * vocab * 8
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(size, total - start)
+
+
 def _repeat(t: Tensor | None, num_draws: int) -> Tensor | None:
     """Draw-major replication along the leading dimension."""
     if t is None or num_draws == 1:
@@ -228,9 +290,28 @@ def _repeat(t: Tensor | None, num_draws: int) -> Tensor | None:
 
 
 class ChoiceScorer:
-    """Encode examples and compute choice logits ``[num_draws, B, C]`` in one mode."""
+    """Encode examples and compute choice logits ``[num_draws, B, C]`` in one mode.
 
-    def __init__(self, tokenizer: Any, mode: str = "letter", max_length: int = 300) -> None:
+    Args:
+        reuse_prefix: run the frozen blocks below the lowest adapter once per batch (falls back
+            to the full forward where that would not be exact, see :class:`FrozenPrefix`).
+        prefix_cache_mb: budget of the cross-step cache of block-``k`` states used under
+            autograd (training); 0 disables it.
+        prefix_cache_device: where cached states live (CPU RAM by default).
+        draw_chunk_mb: activation budget per forward; draws beyond it run in further chunks
+            (``None``: all draws in one forward).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        mode: str = "letter",
+        max_length: int = 300,
+        reuse_prefix: bool = True,
+        prefix_cache_mb: float = 1024.0,
+        prefix_cache_device: str = "cpu",
+        draw_chunk_mb: float | None = 4096.0,
+    ) -> None:
         if mode not in MODES:
             raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
         if max_length < 2:
@@ -240,6 +321,12 @@ class ChoiceScorer:
         self.max_length = int(max_length)
         self.pad_id = _pad_id(tokenizer)
         self._letter_ids: dict[str, int] = {}
+        self.reuse_prefix = reuse_prefix
+        self.draw_chunk_mb = draw_chunk_mb
+        self.prefix_cache = (
+            PrefixCache(prefix_cache_mb, prefix_cache_device) if prefix_cache_mb > 0 else None
+        )
+        self._cache_owner: tuple[weakref.ref, int] | None = None
 
     def __repr__(self) -> str:
         return f"ChoiceScorer(mode={self.mode!r}, max_length={self.max_length})"
@@ -315,6 +402,7 @@ class ChoiceScorer:
             position_ids=positions_from_mask(mask),
             last_positions=torch.tensor(last, dtype=torch.long),
             letter_ids=letter_ids,
+            uids=tuple(ex.uid for ex in examples),
         )
 
     def _tokenize_unique(self, texts: Sequence[str]) -> dict[str, list[int]]:
@@ -391,6 +479,7 @@ class ChoiceScorer:
             target_positions=positions,
             target_ids=targets,
             target_mask=target_mask,
+            uids=tuple(ex.uid for ex in examples),
         )
 
     def _encode_pairs(self, examples: list[MultipleChoiceExample]) -> EncodedBatch:
@@ -419,6 +508,7 @@ class ChoiceScorer:
             labels=labels,
             choice_mask=choice_mask,
             token_type_ids=None if token_types is None else token_types.view(shape),
+            uids=tuple(ex.uid for ex in examples),
         )
 
     # ------------------------------------------------------------------ logits
@@ -433,14 +523,113 @@ class ChoiceScorer:
         device = _model_device(model)
         if device is not None and device != batch.device:
             batch = batch.to(device)
-        compute = {
-            "letter": self._letter_logits,
-            "choice_loglik": self._loglik_logits,
-            "encoder": self._encoder_logits,
-        }[self.mode]
-        scores = compute(model, batch, num_draws).float()
+        scores = self._scores(model, batch, num_draws).float()
         scores = scores.view(num_draws, batch.num_examples, batch.num_choices)
         return scores.masked_fill(~batch.choice_mask, masked_fill_value(scores.dtype))
+
+    def _scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
+        """Per-row scores of all draws, draw-major, computed chunk by chunk."""
+        prefix = self._prefix(model) if self.reuse_prefix else None
+        rows = self._rows(batch)
+        if prefix is not None:
+            context = prefix.context(rows)
+            lower = self._lower(model, prefix, rows, context, batch)
+        per_chunk = self._draws_per_chunk(model, batch, rows, num_draws, prefix)
+        layers = _gated_layers(model) if per_chunk < num_draws else []
+        parts = []
+        for start, count in _chunks(num_draws, per_chunk):
+            with _draw_slice(layers, num_draws, start, count):
+                if prefix is None:
+                    parts.append(self._full_scores(model, batch, count))
+                else:
+                    hidden = prefix.upper(lower, context, count)
+                    parts.append(self._head(model, batch, hidden, count))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _full_scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
+        if self.mode == "encoder":
+            return self._encoder_logits(model, batch, num_draws)
+        return self._head(model, batch, self._hidden_states(model, batch, num_draws), num_draws)
+
+    def _head(self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int) -> Tensor:
+        head = {
+            "letter": self._letter_head,
+            "choice_loglik": self._loglik_head,
+            "encoder": self._encoder_head,
+        }[self.mode]
+        return head(model, batch, hidden, num_draws)
+
+    # ------------------------------------------------------------------ fast paths
+
+    def _prefix(self, model: Any) -> FrozenPrefix | None:
+        """The frozen prefix of ``model`` when it fits this mode's head, else ``None``."""
+        prefix = FrozenPrefix.build(model)
+        if prefix is None:
+            return None
+        if self.mode == "encoder":
+            heads = ("dropout", "classifier")
+            ok = isinstance(prefix.stack, BertStack) and all(hasattr(model, h) for h in heads)
+            body = getattr(model, "base_model", None)
+            ok = ok and body is prefix.stack.body and getattr(body, "pooler", None) is not None
+        else:
+            ok = isinstance(prefix.stack, LlamaStack) and prefix.stack.body is decoder_body(model)
+        return prefix if ok else None
+
+    def _rows(self, batch: EncodedBatch) -> Rows:
+        """One copy of the rows entering the network (``[B, C, T]`` flattened)."""
+        flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
+        return Rows(
+            flat(batch.input_ids),
+            flat(batch.attention_mask),
+            flat(batch.position_ids),
+            flat(batch.token_type_ids),
+        )
+
+    def _row_keys(self, batch: EncodedBatch, num_rows: int) -> list[Hashable] | None:
+        """``(uid, row within the question)`` per row, or ``None`` without unique uids."""
+        uids = batch.uids
+        if uids is None or len(uids) != batch.num_examples or len(set(uids)) != len(uids):
+            return None
+        per = num_rows // batch.num_examples
+        return [(uids[r // per], r % per) for r in range(num_rows)]
+
+    def _lower(
+        self, model: Any, prefix: FrozenPrefix, rows: Rows, context: dict, batch: EncodedBatch
+    ) -> Tensor:
+        """Block-``k`` states, through the cross-step cache under autograd when exact."""
+        cache = self.prefix_cache
+        keys = self._row_keys(batch, rows.num_rows)
+        usable = cache is not None and keys is not None and torch.is_grad_enabled()
+        if not usable or not prefix.stack.padding_independent(rows):
+            return prefix.lower(rows, context)
+        owner = self._cache_owner
+        if owner is None or owner[0]() is not model or owner[1] != prefix.start:
+            cache.clear()
+            self._cache_owner = (weakref.ref(model), prefix.start)
+        return lower_with_cache(prefix, rows, context, keys, cache)
+
+    def _draws_per_chunk(
+        self,
+        model: Any,
+        batch: EncodedBatch,
+        rows: Rows,
+        num_draws: int,
+        prefix: FrozenPrefix | None,
+    ) -> int:
+        """How many draws fit ``draw_chunk_mb`` by :func:`_draw_bytes`'s estimate."""
+        if self.draw_chunk_mb is None or num_draws == 1:
+            return num_draws
+        if prefix is not None:
+            blocks = prefix.num_top_blocks
+        else:
+            blocks = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 12)
+        head = rows.num_rows
+        if batch.target_mask is not None:
+            head *= int(batch.target_mask.shape[-1])
+        width = int(rows.input_ids.shape[-1])
+        grad = torch.is_grad_enabled()
+        per_draw = _draw_bytes(model, rows.num_rows, width, blocks, head, grad)
+        return max(1, min(num_draws, int(self.draw_chunk_mb * 2**20) // per_draw))
 
     def _hidden_states(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         """Final hidden states ``[num_draws * rows, T, H]`` of the decoder body."""
@@ -456,15 +645,17 @@ class ChoiceScorer:
         out = body(**kwargs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def _letter_logits(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
-        hidden = self._hidden_states(model, batch, num_draws)
+    def _letter_head(
+        self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int
+    ) -> Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, _repeat(batch.last_positions, num_draws)]  # [D * B, H]
         vocab_logits = output_head(model)(last)
         return vocab_logits.index_select(-1, batch.letter_ids)
 
-    def _loglik_logits(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
-        hidden = self._hidden_states(model, batch, num_draws)
+    def _loglik_head(
+        self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int
+    ) -> Tensor:
         positions = _repeat(batch.target_positions, num_draws)  # [D * R, K]
         index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         picked = hidden.gather(1, index)  # [D * R, K, H]
@@ -483,3 +674,11 @@ class ChoiceScorer:
             kwargs["token_type_ids"] = _repeat(batch.token_type_ids, num_draws)
         out = model(**kwargs)
         return out.logits if hasattr(out, "logits") else out[0]
+
+    def _encoder_head(
+        self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int
+    ) -> Tensor:
+        """The multiple-choice head (pooler, dropout, classifier) on final states
+        ``[D * B * C, T, H]``; returns ``[D * B, C]``."""
+        pooled = model.base_model.pooler(hidden)
+        return model.classifier(model.dropout(pooled)).view(-1, batch.num_choices)

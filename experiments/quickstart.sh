@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export BSLORA_DATA_DIR="${BSLORA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+if [ -z "${BSLORA_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export BSLORA_DATA_DIR="$(cd ../shared/data && pwd)"  # local copies, else the HF hub
+fi
+export TOKENIZERS_PARALLELISM=false
 .venv/bin/bslora grid experiments/configs/quickstart.yaml --out runs/quickstart \
   --methods zero_shot,mle,bslora "$@"
 .venv/bin/bslora analyze runs/quickstart/bslora/seed0 >/dev/null 2>&1 || true

@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export BSLORA_DATA_DIR="${BSLORA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+if [ -z "${BSLORA_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export BSLORA_DATA_DIR="$(cd ../shared/data && pwd)"  # local copies, else the HF hub
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check bslora_pyro tests benchmarks experiments
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

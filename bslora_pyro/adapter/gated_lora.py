@@ -32,6 +32,11 @@ class GatedLoraLinear(nn.Module):
     * shape ``[G, r]``: the leading dimension of ``x`` is split into G equal groups
       (``x.view(G, -1, ...)``) and group g uses ``gates[g]``. Scorers lay out rows
       draw-major so that G Monte Carlo draws run as one batched forward.
+
+    ``sampled_A`` (optional, set from outside like ``gates``) replaces ``lora_A`` in the
+    forward: shape ``[r, in]`` for every row or ``[G, r, in]`` for G draw-major row groups
+    (per-draw factors of weight-space Bayesian baselines such as BLoB). ``None`` (default)
+    uses ``lora_A``.
     """
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
@@ -47,6 +52,7 @@ class GatedLoraLinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.gates: torch.Tensor | None = None
+        self.sampled_A: torch.Tensor | None = None
 
     @property
     def in_features(self) -> int:
@@ -58,11 +64,26 @@ class GatedLoraLinear(nn.Module):
 
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         """The gated adapter output ``(alpha / r) B diag(z) A x`` alone."""
-        u = F.linear(self.lora_dropout(x.to(self.lora_A.dtype)), self.lora_A)
+        x = self.lora_dropout(x.to(self.lora_A.dtype))
+        a = self.sampled_A
+        u = F.linear(x, self.lora_A) if a is None else self._project(x, a.to(x.dtype))
         gates = self.gates
         if gates is not None:
             u = self._apply_gates(u, gates.to(u.dtype))
         return self.scaling * F.linear(u, self.lora_B)
+
+    def _project(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``A x`` with ``sampled_A``: one ``[r, in]`` matrix, or one per row group."""
+        if a.dim() == 2:
+            return F.linear(x, a)
+        groups, rows = a.shape[0], x.shape[0]
+        if x.dim() < 2 or rows % groups:
+            raise GateShapeError(
+                f"{groups} factor groups do not divide the {rows} rows reaching this layer; "
+                "rows must be laid out draw-major (input.repeat(num_draws, ...))"
+            )
+        u = torch.bmm(x.reshape(groups, -1, x.shape[-1]), a.transpose(1, 2))
+        return u.reshape(x.shape[:-1] + (a.shape[1],))
 
     def _apply_gates(self, u: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         if gates.dim() == 1:

@@ -9,7 +9,7 @@ from torch import nn
 from bslora_pyro.adapter.config import AdapterConfig, AdapterConfigError
 from bslora_pyro.adapter.gated_lora import GatedLoraLinear
 
-_ADAPTABLE = ("Linear", "Conv1D")
+_ADAPTABLE = ("Linear", "Conv1D", "Linear4bit", "Linear8bitLt")  # + bitsandbytes bases
 
 
 def block_index(module_path: str) -> int | None:

@@ -33,8 +33,13 @@ class ModelConfig:
     device: str = "auto"
     max_length: int = 300
     trust_remote_code: bool = False
+    quantization: str | None = None  # null | 4bit | 8bit (bitsandbytes, CUDA only)
 
     def __post_init__(self) -> None:
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise ConfigError(
+                f"model.quantization must be null, 4bit or 8bit, got {self.quantization!r}"
+            )
         if self.scoring not in ("letter", "choice_loglik", "encoder"):
             raise ConfigError(
                 f"model.scoring must be letter, choice_loglik or encoder, got {self.scoring!r}"

@@ -39,6 +39,9 @@ class TrainConfig:
         grad_clip: max global gradient norm (0 disables).
         kl_weight: 1.0 is the exact ELBO; anything else is reported as tempered.
         seed: seeds the data order and every random draw.
+        mixed_precision / grad_accumulation_steps: ``no``/``bf16``/``fp16`` autocast and
+            micro-steps per optimizer step (same global batch); either one, or a multi-process
+            launch, selects the accelerate trainer (``bslora_pyro.inference.distributed``).
     """
 
     steps: int = 200
@@ -52,15 +55,21 @@ class TrainConfig:
     grad_clip: float = 1.0
     kl_weight: float = 1.0
     seed: int = 0
+    mixed_precision: str = "no"
+    grad_accumulation_steps: int = 1
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "num_particles"):
+        for key in ("steps", "batch_size", "num_particles", "grad_accumulation_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
                 raise ValueError(
                     f"train.{key} must be a positive integer, got {getattr(self, key)!r}"
                 )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(
+                f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,8 +156,12 @@ class SVITrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), config.grad_clip)
+        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        if not torch.isfinite(norm):
+            raise TrainingError(
+                f"gradient norm is {norm.item()} at step {self.step}; lower the learning rates"
+            )
         self.optimizer.step()
         self.scheduler.step()
         record = {

@@ -1,20 +1,60 @@
-"""Bayesian sparse LoRA (the paper's method): gated LoRA with a gate prior and guide."""
+"""Bayesian sparse LoRA (the paper's method): gated LoRA with a gate prior and guide.
+
+Saved with :func:`~bslora_pyro.inference.export.save_posterior` (``posterior.safetensors``
++ ``posterior.json``) and loaded back through the same format.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bslora_pyro.bayesian_lora import BayesianLora
+from bslora_pyro.inference.export import (
+    POSTERIOR_WEIGHTS,
+    load_posterior_state,
+    read_posterior_config,
+    save_posterior,
+)
+from bslora_pyro.methods.mle import take_options
 from bslora_pyro.models import GuideConfig
 
 NAME = "bslora"
+DEFAULTS = {"prior": "bernoulli", "prior_kwargs": None, "guide": {}}
 
 
-def build(backbone, scorer, adapter, options: dict) -> BayesianLora:
+class BayesianSparseLora(BayesianLora):
+    """:class:`BayesianLora` with the registry's ``name`` and ``save``."""
+
+    name = NAME
+    trainable = True
+
+    def save(self, directory: str | Path) -> Path:
+        return save_posterior(self, directory, extra={"method": NAME})
+
+
+def build(backbone, scorer, adapter, options: dict) -> BayesianSparseLora:
     """Options: ``prior`` (name), ``prior_kwargs`` (dict), ``guide`` (GuideConfig fields)."""
-    return BayesianLora(
+    options = take_options(NAME, options, DEFAULTS)
+    return BayesianSparseLora(
         backbone,
         scorer,
         adapter,
-        prior=options.pop("prior", "bernoulli"),
-        prior_kwargs=options.pop("prior_kwargs", None),
-        guide=GuideConfig(**options.pop("guide", {})),
+        prior=options["prior"],
+        prior_kwargs=options["prior_kwargs"],
+        guide=GuideConfig(**(options["guide"] or {})),
     )
+
+
+def load(directory: str | Path, backbone, scorer) -> BayesianSparseLora:
+    """Rebuild from a saved posterior (the format of ``load_posterior``) on ``backbone``."""
+    from bslora_pyro.adapter import AdapterConfig
+
+    config = read_posterior_config(directory)
+    options = {
+        "prior": config["prior"]["name"],
+        "prior_kwargs": config["prior"]["hyperparameters"],
+        "guide": config["guide"],
+    }
+    method = build(backbone, scorer, AdapterConfig(**config["adapter"]), options)
+    load_posterior_state(method, Path(directory) / POSTERIOR_WEIGHTS)
+    return method

@@ -1,0 +1,134 @@
+"""Deep ensemble: K independently initialised LoRAs on one frozen backbone.
+
+Design: the backbone carries one set of adapter layers. Each member owns its factor
+parameters (A, B and any task head) and installs them into those layers, by reference,
+before each of its forwards. A member is a complete :class:`PlainLora` method, so each is
+trained on its own: a separate :class:`SVITrainer` (own AdamW state and schedule, own data
+order from :func:`member_train_config`), one member after the other. :meth:`fit_members`
+does exactly that; a runner may instead loop over ``members`` itself. The ensemble object
+predicts only: ``[K, B, C]`` member logits, whose softmaxes the predictive averages.
+
+Member 0 keeps the adapter's initial A (from the global seed); later members draw a fresh
+Kaiming-uniform A from the global RNG; B starts at zero and heads at their initial value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bslora_pyro.methods import MethodError
+from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+
+NAME = "ensemble"
+
+
+class EnsembleMember(PlainLora):
+    """One LoRA of the ensemble, sharing the backbone's adapter layers."""
+
+    def __init__(self, backbone, scorer, adapter, adapters, index: int) -> None:
+        super().__init__(backbone, scorer, adapter, name=f"{NAME}.member{index}", adapters=adapters)
+        current = super().factor_parameters()
+        self.names = list(current)
+        own = []
+        for name, p in current.items():
+            q = p.detach().clone()
+            if index > 0 and name.endswith(".lora_A"):
+                nn.init.kaiming_uniform_(q, a=math.sqrt(5))
+            own.append(nn.Parameter(q, requires_grad=True))
+        self.own = nn.ParameterList(own)
+
+    def install(self) -> None:
+        """Make this member's parameters the ones the adapter layers (and heads) use."""
+        for name, p in zip(self.names, self.own, strict=True):
+            path, _, leaf = name.rpartition(".")
+            setattr(self.backbone.get_submodule(path), leaf, p)
+
+    def prepare(self, draws: int, sample: bool) -> None:
+        super().prepare(draws, sample)
+        self.install()
+
+    def factor_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(zip(self.names, self.own, strict=True))
+
+
+def member_train_config(config, index: int, num_members: int):
+    """The training config of member ``index``: its own seed, hence its own data order."""
+    return dataclasses.replace(config, seed=config.seed * num_members + index)
+
+
+class DeepEnsemble(PlainLora):
+    """K :class:`EnsembleMember` s; train them with :meth:`fit_members`."""
+
+    def __init__(self, backbone, scorer, adapter, num_members: int) -> None:
+        super().__init__(backbone, scorer, adapter, name=NAME)
+        self.members = nn.ModuleList(
+            EnsembleMember(backbone, scorer, adapter, self.adapters, k) for k in range(num_members)
+        )
+        self.members[0].install()
+
+    def fit_members(
+        self,
+        examples: Sequence,
+        encode: Callable[[Sequence], object],
+        config,
+        device: torch.device | str = "cpu",
+        progress: bool = False,
+        on_step: Callable | None = None,
+    ) -> list:
+        """Train every member with its own :class:`SVITrainer`, one after the other.
+
+        ``on_step(index, trainer, record)`` is called after each step. Returns the trainers.
+        """
+        from bslora_pyro.inference.svi import SVITrainer
+
+        trainers = []
+        for k, member in enumerate(self.members):
+            trainer = SVITrainer(
+                member, encode, member_train_config(config, k, len(self.members)), device
+            )
+            hook = None if on_step is None else (lambda t, r, k=k: on_step(k, t, r))
+            trainer.fit(examples, progress=progress, on_step=hook)
+            trainers.append(trainer)
+        return trainers
+
+    def training_loss(self, *args, **kwargs):
+        raise MethodError(
+            "the ensemble trains member by member: call fit_members(...) or "
+            "train each of method.members with its own SVITrainer"
+        )
+
+    def param_groups(self, *args, **kwargs):
+        return self.training_loss()
+
+    def factor_parameters(self) -> dict[str, nn.Parameter]:
+        return {
+            f"member{k}.{name}": p
+            for k, member in enumerate(self.members)
+            for name, p in member.factor_parameters().items()
+        }
+
+    @torch.no_grad()
+    def predict_logits(self, batch, num_samples: int = 1, deterministic: bool = False):
+        """Member logits ``[K, B, C]`` (``num_samples`` does not apply)."""
+        return torch.cat([m.predict_logits(batch, 1, deterministic) for m in self.members])
+
+
+def build(backbone, scorer, adapter, options: dict) -> DeepEnsemble:
+    """Options: ``members`` K (default 3)."""
+    options = take_options(NAME, options, {"members": 3})
+    k = options["members"]
+    if not isinstance(k, int) or k < 1:
+        raise MethodError(f"ensemble.members must be a positive integer, got {k!r}")
+    method = DeepEnsemble(backbone, scorer, adapter, k)
+    method.options = {"members": k}
+    return method
+
+
+def load(directory: str | Path, backbone, scorer) -> DeepEnsemble:
+    return load_method(NAME, build, directory, backbone, scorer)

@@ -1,0 +1,200 @@
+"""Laplace-LoRA: a post-hoc diagonal Laplace approximation over the LoRA factors.
+
+Training is plain LoRA (MLE, or MAP with the ``weight_decay`` option). Afterwards the
+runner calls ``fit_posthoc(train_examples, encode)``, which (computed here, without
+laplace-torch):
+
+1. sums over the training set the diagonal of the generalised Gauss-Newton matrix, which
+   for a softmax likelihood equals the expected Fisher: per example one forward and one
+   backward pass per choice, ``h += sum_c p_c (d log p_c / d theta)^2`` (exact in the
+   labels, not the empirical Fisher);
+2. picks the precision ``delta`` of the prior ``theta ~ N(0, 1 / delta)`` that maximises
+   the Laplace log marginal likelihood ``log p(D | theta*) - delta ||theta*||^2 / 2
+   + (P / 2) log delta - sum_i log(h_i + delta) / 2``; it is concave in ``delta``, so the
+   unique maximiser is found by bisection on its derivative;
+3. keeps the posterior ``N(theta*, diag(1 / (h + delta)))``.
+
+Prediction is Monte Carlo over logits: M draws of the selected factors from the posterior,
+one forward each (not the linearised predictive of the paper; K-FAC is not implemented).
+``subset="last_layer"`` restricts the Laplace to the last adapted module (still diagonal).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from bslora_pyro.methods import MethodError
+from bslora_pyro.methods.mle import PlainLora, copy_tensors, load_method, take_options
+
+NAME = "laplace"
+DEFAULTS = {"subset": "all", "prior_precision": None, "weight_decay": None}
+SUBSETS = ("all", "last_layer")
+
+
+class LaplaceLora(PlainLora):
+    def __init__(
+        self,
+        backbone,
+        scorer,
+        adapter,
+        subset: str,
+        prior_precision: float | None,
+        weight_decay: float | None,
+    ) -> None:
+        super().__init__(backbone, scorer, adapter, weight_decay=weight_decay, name=NAME)
+        self.subset = subset
+        self.fixed_prior_precision = prior_precision
+        self.prior_precision: float | None = None
+        self.log_likelihood: float | None = None
+        self.hessian: dict[str, torch.Tensor] | None = None
+
+    def laplace_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The factors under the Laplace approximation, by name."""
+        names = list(self.adapters) if self.subset == "all" else list(self.adapters)[-1:]
+        return {
+            f"{name}.{leaf}": getattr(self.adapters[name], leaf)
+            for name in names
+            for leaf in ("lora_A", "lora_B")
+        }
+
+    # --- fitting ----------------------------------------------------------------------
+    def fit_posthoc(self, examples: Sequence, encode: Callable[[Sequence], object]) -> dict:
+        """Diagonal GGN over ``examples`` (the training set), then the prior precision."""
+        if not examples:
+            raise ValueError("cannot fit a Laplace approximation on an empty dataset")
+        params = self.laplace_parameters()
+        tensors = list(params.values())
+        hessian = [torch.zeros_like(p) for p in tensors]
+        log_likelihood = 0.0
+        self.eval()
+        self.prepare(1, sample=False)
+        for example in examples:
+            batch = encode([example])
+            with torch.enable_grad():
+                logits = self.scorer.logits(self.backbone, batch, 1)[0, 0, : example.num_choices]
+                log_p = torch.log_softmax(logits, dim=-1)
+                probs = log_p.detach().exp()
+                log_likelihood += float(log_p[example.label])
+                for c in range(len(log_p)):
+                    grads = torch.autograd.grad(log_p[c], tensors, retain_graph=c < len(log_p) - 1)
+                    for h, g in zip(hessian, grads, strict=True):
+                        h.add_(probs[c] * g.square())
+        self.hessian = dict(zip(params, hessian, strict=True))
+        self.log_likelihood = log_likelihood
+        self.prior_precision = self.fixed_prior_precision or self.tune_prior_precision()
+        return {
+            "prior_precision": self.prior_precision,
+            "log_marginal_likelihood": self.log_marginal_likelihood(self.prior_precision),
+        }
+
+    def _flat(self) -> tuple[torch.Tensor, float, int]:
+        if self.hessian is None:
+            raise MethodError("laplace: call fit_posthoc(train_examples, encode) first")
+        h = torch.cat([t.flatten() for t in self.hessian.values()]).double().cpu()
+        sq = sum(
+            float(p.detach().double().square().sum()) for p in self.laplace_parameters().values()
+        )
+        return h, sq, h.numel()
+
+    def log_marginal_likelihood(self, prior_precision: float) -> float:
+        """The Laplace approximation of ``log p(D | delta)`` at ``delta = prior_precision``."""
+        h, sq, size = self._flat()
+        delta = float(prior_precision)
+        return (
+            self.log_likelihood
+            - 0.5 * delta * sq
+            + 0.5 * size * math.log(delta)
+            - 0.5 * float(torch.log(h + delta).sum())
+        )
+
+    def marginal_likelihood_gradient(self, prior_precision: float) -> float:
+        """``d log p(D | delta) / d delta`` (decreasing in ``delta``: zero at the optimum)."""
+        h, sq, size = self._flat()
+        delta = float(prior_precision)
+        return 0.5 * (size / delta - float((1.0 / (h + delta)).sum()) - sq)
+
+    def tune_prior_precision(self, low: float = 1e-8, high: float = 1e12) -> float:
+        """The maximiser of the log marginal likelihood in ``[low, high]`` (bisection)."""
+        if self.marginal_likelihood_gradient(high) >= 0:
+            return high
+        if self.marginal_likelihood_gradient(low) <= 0:
+            return low
+        lo, hi = math.log(low), math.log(high)
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if self.marginal_likelihood_gradient(math.exp(mid)) > 0:
+                lo = mid
+            else:
+                hi = mid
+        return math.exp(0.5 * (lo + hi))
+
+    def posterior_variance(self) -> dict[str, torch.Tensor]:
+        """Diagonal posterior variances ``1 / (h + delta)``, by factor name."""
+        if self.hessian is None or self.prior_precision is None:
+            raise MethodError("laplace: call fit_posthoc(train_examples, encode) first")
+        return {k: 1.0 / (h + self.prior_precision) for k, h in self.hessian.items()}
+
+    # --- prediction ---------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_logits(self, batch, num_samples: int = 1, deterministic: bool = False):
+        """``[M, B, C]`` logits under M posterior draws, or ``[1, B, C]`` at the mean."""
+        if deterministic:
+            return super().predict_logits(batch, 1, True)
+        params = self.laplace_parameters()
+        stds = {k: v.sqrt() for k, v in self.posterior_variance().items()}
+        means = {k: p.detach().clone() for k, p in params.items()}
+        draws = []
+        try:
+            for _ in range(num_samples):
+                for k, p in params.items():
+                    p.copy_(means[k] + stds[k] * torch.randn_like(p))
+                draws.append(super().predict_logits(batch, 1, True))
+        finally:
+            for k, p in params.items():
+                p.copy_(means[k])
+        return torch.cat(draws)
+
+    # --- save / load ------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = super().state_tensors()
+        state.update({f"hessian/{k}": v for k, v in (self.hessian or {}).items()})
+        return state
+
+    def state_extra(self) -> dict:
+        return {"prior_precision": self.prior_precision, "log_likelihood": self.log_likelihood}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        if extra.get("prior_precision") is not None:
+            self.hessian = {k: torch.zeros_like(p) for k, p in self.laplace_parameters().items()}
+            self.prior_precision = float(extra["prior_precision"])
+            self.log_likelihood = extra.get("log_likelihood")
+        copy_tensors(self.state_tensors(), tensors)
+
+
+def build(backbone, scorer, adapter, options: dict) -> LaplaceLora:
+    """Options: ``subset`` ("all" or "last_layer"), ``prior_precision`` (None = tuned by
+    marginal likelihood), ``weight_decay`` (None = the training config's; > 0 = MAP)."""
+    options = take_options(NAME, options, DEFAULTS)
+    if options["subset"] not in SUBSETS:
+        raise MethodError(f"laplace.subset must be one of {SUBSETS}, got {options['subset']!r}")
+    precision, decay = options["prior_precision"], options["weight_decay"]
+    if precision is not None and not float(precision) > 0:
+        raise MethodError(f"laplace.prior_precision must be positive, got {precision!r}")
+    method = LaplaceLora(
+        backbone,
+        scorer,
+        adapter,
+        options["subset"],
+        None if precision is None else float(precision),
+        None if decay is None else float(decay),
+    )
+    method.options = options
+    return method
+
+
+def load(directory: str | Path, backbone, scorer) -> LaplaceLora:
+    return load_method(NAME, build, directory, backbone, scorer)

@@ -1,0 +1,424 @@
+"""Frozen-prefix reuse: run the blocks below the lowest adapter once, the adapted top per draw.
+
+When every gated LoRA layer (and every trainable parameter) sits in blocks ``>= k``, the hidden
+states entering block ``k`` do not depend on gates or factors. :class:`FrozenPrefix` computes
+them once per batch under ``torch.no_grad()`` (:meth:`FrozenPrefix.lower`) and runs blocks
+``>= k`` plus the final norm on hidden states replicated draw-major (:meth:`FrozenPrefix.upper`).
+:class:`PrefixCache` keeps the layer-``k`` states of each row's real tokens across training
+steps, bounded by a budget in MB.
+
+Supported stacks: Llama-family decoders (rotary embeddings, causal + padding mask built with
+transformers' own mask utilities) and BERT encoders (bidirectional padding mask). Anything else,
+an adapter in block 0 or an active dropout in the prefix gives ``None`` from
+:meth:`FrozenPrefix.build`, and callers run the plain full forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bslora_pyro.adapter.gated_lora import GatedLoraLinear
+
+logger = logging.getLogger(__name__)
+
+LLAMA_TYPES = frozenset({"llama"})
+BERT_TYPES = frozenset({"bert"})
+MASK_IMPLEMENTATIONS = frozenset({"eager", "sdpa"})
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Rows:
+    """The ``[R, T]`` token rows entering the network (one copy, before draw replication)."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor | None = None
+    token_type_ids: Tensor | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, index: Tensor) -> Rows:
+        """The rows at ``index`` (same padded width)."""
+        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+        return Rows(
+            pick(self.input_ids),
+            pick(self.attention_mask),
+            pick(self.position_ids),
+            pick(self.token_type_ids),
+        )
+
+    def signatures(self) -> list[Tensor]:
+        """Per row, the CPU tensor of everything the prefix reads at real positions (token
+        ids, positions, token types); a cached entry is valid only for an equal signature."""
+        parts = [self.input_ids, self.position_ids, self.token_type_ids]
+        stacked = torch.stack([p for p in parts if p is not None], dim=-1).cpu()
+        mask = self.attention_mask.bool().cpu()
+        return [stacked[r][mask[r]] for r in range(self.num_rows)]
+
+
+def repeat_rows(value: Any, num_rows: int, times: int) -> Any:
+    """Draw-major replication of every tensor whose leading dimension is ``num_rows``
+    (tuples are handled element-wise; broadcast tensors and ``None`` pass through)."""
+    if times == 1 or value is None:
+        return value
+    if isinstance(value, tuple):
+        return tuple(repeat_rows(v, num_rows, times) for v in value)
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == num_rows:
+        return value.repeat(times, *([1] * (value.dim() - 1)))
+    return value
+
+
+# ---------------------------------------------------------------------------- stacks
+
+
+class Stack:
+    """One architecture's embeddings, blocks and final norm, called block by block."""
+
+    layers: nn.ModuleList
+    config: Any
+
+    def embed_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def embed(self, rows: Rows) -> Tensor:
+        raise NotImplementedError
+
+    def context(self, rows: Rows, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments shared by every block (masks, position embeddings)."""
+        raise NotImplementedError
+
+    def block(self, index: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def finish(self, hidden: Tensor) -> Tensor:
+        return hidden
+
+    def padding_independent(self, rows: Rows) -> bool:
+        """True when the hidden states at real positions do not depend on the padding."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.embed_modules()[0].parameters()).dtype
+
+
+class LlamaStack(Stack):
+    """``LlamaModel``-like bodies: ``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``."""
+
+    def __init__(self, body: nn.Module) -> None:
+        self.body = body
+        self.layers = body.layers
+        self.config = body.config
+
+    def embed_modules(self) -> list[nn.Module]:
+        return [self.body.embed_tokens, self.body.rotary_emb]
+
+    def embed(self, rows: Rows) -> Tensor:
+        return self.body.embed_tokens(rows.input_ids)
+
+    def context(self, rows: Rows, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+        from transformers.masking_utils import create_causal_mask
+
+        shape = (*rows.input_ids.shape, 1)
+        probe = torch.empty(shape, dtype=dtype, device=device)
+        positions = rows.position_ids
+        if positions is None:
+            positions = torch.arange(shape[1], device=device).unsqueeze(0)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=probe,
+            attention_mask=rows.attention_mask,
+            cache=None,
+            position_ids=positions,
+        )
+        return {
+            "attention_mask": mask,
+            "position_embeddings": self.body.rotary_emb(probe, position_ids=positions),
+            "position_ids": positions,
+        }
+
+    def block(self, index: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
+        out = self.layers[index](hidden, **context)
+        return out[0] if isinstance(out, tuple) else out
+
+    def finish(self, hidden: Tensor) -> Tensor:
+        return self.body.norm(hidden)
+
+    def padding_independent(self, rows: Rows) -> bool:
+        return rows.position_ids is not None
+
+
+class BertStack(Stack):
+    """``BertModel``-like encoders: ``embeddings``, ``encoder.layer`` (no final norm)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        self.body = body
+        self.layers = body.encoder.layer
+        self.config = body.config
+
+    def embed_modules(self) -> list[nn.Module]:
+        return [self.body.embeddings]
+
+    def embed(self, rows: Rows) -> Tensor:
+        return self.body.embeddings(input_ids=rows.input_ids, token_type_ids=rows.token_type_ids)
+
+    def context(self, rows: Rows, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        probe = torch.empty((*rows.input_ids.shape, 1), dtype=dtype, device=device)
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=probe, attention_mask=rows.attention_mask
+        )
+        return {"attention_mask": mask}
+
+    def block(self, index: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
+        out = self.layers[index](hidden, context["attention_mask"])
+        return out[0] if isinstance(out, tuple) else out
+
+    def padding_independent(self, rows: Rows) -> bool:
+        # absolute positions count from column 0: exact only when every row starts there
+        mask = rows.attention_mask.bool()
+        return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def _llama_body(model: nn.Module) -> nn.Module | None:
+    for candidate in (model, getattr(model, "model", None)):
+        if candidate is not None and all(
+            hasattr(candidate, key) for key in ("embed_tokens", "layers", "norm", "rotary_emb")
+        ):
+            return candidate
+    return None
+
+
+def find_stack(model: nn.Module) -> Stack | None:
+    """The block-by-block view of a supported model, else ``None``."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", "eager") not in MASK_IMPLEMENTATIONS:
+        return None
+    model_type = getattr(config, "model_type", None)
+    if model_type in LLAMA_TYPES:
+        body = _llama_body(model)
+        if body is not None and not getattr(config, "sliding_window", None):
+            return LlamaStack(body)
+    if model_type in BERT_TYPES:
+        body = getattr(model, "bert", model)
+        if hasattr(body, "embeddings") and hasattr(body, "encoder"):
+            if not getattr(body.config, "is_decoder", False):
+                return BertStack(body)
+    return None
+
+
+# ---------------------------------------------------------------------------- prefix
+
+
+def _needs_block(module: nn.Module, trainable: bool) -> bool:
+    """A module whose output may differ between draws: it holds an adapter or a forward hook
+    (unknown behaviour), or, when ``trainable``, a parameter that autograd must reach."""
+    for m in module.modules():
+        if isinstance(m, GatedLoraLinear) or m._forward_hooks or m._forward_pre_hooks:
+            return True
+    return trainable and any(p.requires_grad for p in module.parameters())
+
+
+def _stochastic(module: nn.Module) -> bool:
+    """An active dropout (module or attention probability) somewhere inside ``module``."""
+    for m in module.modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            return True
+        if isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0:
+            return True
+    return False
+
+
+def first_adapted_block(stack: Stack, trainable: bool = True) -> int:
+    """Index of the lowest block holding an adapter or a hook (or, when ``trainable``, a
+    parameter that requires grad): 0 for the embeddings, ``len(layers)`` when no block does."""
+    if any(_needs_block(m, trainable) for m in stack.embed_modules()):
+        return 0
+    for index, layer in enumerate(stack.layers):
+        if _needs_block(layer, trainable):
+            return index
+    return len(stack.layers)
+
+
+class FrozenPrefix:
+    """Embeddings and blocks ``< start`` run once, without autograd; blocks ``>= start`` and
+    the final norm run on draw-replicated hidden states."""
+
+    def __init__(self, stack: Stack, start: int) -> None:
+        self.stack = stack
+        self.start = start
+
+    @classmethod
+    def build(cls, model: nn.Module) -> FrozenPrefix | None:
+        """A prefix for ``model``, or ``None`` when reuse would not be exact or would not help
+        (unsupported architecture, adapter in block 0, active dropout below the adapters).
+        Under autograd, parameters that require grad count like adapters."""
+        stack = find_stack(model)
+        if stack is None:
+            return None
+        start = first_adapted_block(stack, trainable=torch.is_grad_enabled())
+        if start == 0:
+            return None
+        lower = [*stack.embed_modules(), *stack.layers[:start]]
+        if any(_stochastic(m) for m in lower):
+            return None
+        return cls(stack, start)
+
+    @property
+    def num_top_blocks(self) -> int:
+        return len(self.stack.layers) - self.start
+
+    def context(self, rows: Rows) -> dict[str, Any]:
+        return self.stack.context(rows, self.stack.dtype, rows.input_ids.device)
+
+    @torch.no_grad()
+    def lower(self, rows: Rows, context: dict[str, Any] | None = None) -> Tensor:
+        """Hidden states ``[R, T, H]`` entering block ``start``."""
+        context = self.context(rows) if context is None else context
+        hidden = self.stack.embed(rows)
+        for index in range(self.start):
+            hidden = self.stack.block(index, hidden, context)
+        return hidden
+
+    def upper(self, hidden: Tensor, context: dict[str, Any], num_draws: int) -> Tensor:
+        """Final hidden states ``[num_draws * R, T, H]`` (draw-major) from the block-``start``
+        states ``hidden`` ``[R, T, H]``."""
+        rows = hidden.shape[0]
+        hidden = repeat_rows(hidden, rows, num_draws)
+        context = {k: repeat_rows(v, rows, num_draws) for k, v in context.items()}
+        for index in range(self.start, len(self.stack.layers)):
+            hidden = self.stack.block(index, hidden, context)
+        return self.stack.finish(hidden)
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+class PrefixCache:
+    """Block-``k`` hidden states of real tokens by row key, within ``budget_mb``.
+
+    Entries are stored on ``device`` (CPU RAM by default) together with the row's signature
+    (:meth:`Rows.signatures`) and served only when the signature matches. When the next entry
+    would exceed the budget caching stops (logged once) and later misses are computed.
+    """
+
+    def __init__(self, budget_mb: float, device: torch.device | str = "cpu") -> None:
+        self.budget_bytes = int(budget_mb * 2**20)
+        self.device = torch.device(device)
+        self.entries: dict[Hashable, tuple[Tensor, Tensor]] = {}
+        self.nbytes = 0
+        self.full = False
+        self._estimated = False
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+        self.full = False
+
+    def get(self, key: Hashable, signature: Tensor) -> Tensor | None:
+        entry = self.entries.get(key)
+        if entry is None or not torch.equal(entry[0], signature):
+            return None
+        return entry[1]
+
+    def put(self, key: Hashable, signature: Tensor, hidden: Tensor) -> bool:
+        """Store ``hidden`` ``[n, H]``; False (and no copy) when over budget."""
+        self._log_estimate(hidden)
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.nbytes -= _nbytes(old[1])
+        size = _nbytes(hidden)
+        if self.full or self.nbytes + size > self.budget_bytes:
+            if not self.full:
+                logger.warning(
+                    "prefix cache full at %d rows (%.1f MB of %.1f MB): computing the rest",
+                    len(self.entries),
+                    self.nbytes / 2**20,
+                    self.budget_bytes / 2**20,
+                )
+            self.full = True
+            return False
+        self.entries[key] = (signature, hidden.detach().to(self.device, copy=True))
+        self.nbytes += size
+        return True
+
+    def _log_estimate(self, hidden: Tensor) -> None:
+        if self._estimated:
+            return
+        self._estimated = True
+        per_token = hidden.shape[-1] * hidden.element_size()
+        logger.info(
+            "prefix cache: %d bytes per token (hidden %d, %s); budget %.0f MB holds ~%d tokens",
+            per_token,
+            hidden.shape[-1],
+            hidden.dtype,
+            self.budget_bytes / 2**20,
+            self.budget_bytes // max(1, per_token),
+        )
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def lower_with_cache(
+    prefix: FrozenPrefix,
+    rows: Rows,
+    context: dict[str, Any],
+    keys: Sequence[Hashable],
+    cache: PrefixCache,
+) -> Tensor:
+    """:meth:`FrozenPrefix.lower` with rows served from ``cache`` where possible; computed
+    rows are stored. Padding positions of served rows are zero (never attended to)."""
+    signatures = rows.signatures()
+    hits = [cache.get(key, sig) for key, sig in zip(keys, signatures, strict=True)]
+    missing = [r for r, hit in enumerate(hits) if hit is None]
+    if len(missing) == len(hits):
+        hidden = prefix.lower(rows, context)
+    else:
+        hidden = _assemble(prefix, rows, hits, missing)
+    if missing and not cache.full:
+        _store(cache, rows, hidden, [(r, keys[r], signatures[r]) for r in missing])
+    return hidden
+
+
+def _assemble(
+    prefix: FrozenPrefix, rows: Rows, hits: list[Tensor | None], missing: list[int]
+) -> Tensor:
+    mask = rows.attention_mask.bool()
+    served = [h for h in hits if h is not None]
+    width = served[0].shape[-1]
+    hidden = served[0].new_zeros((*mask.shape, width), device=mask.device)
+    hit_mask = mask.clone()
+    if missing:
+        index = torch.tensor(missing, device=mask.device)
+        hit_mask[index] = False
+        hidden[index] = prefix.lower(rows.select(index)).to(hidden.dtype)
+    hidden[hit_mask] = torch.cat(served).to(mask.device, non_blocking=True)
+    return hidden
+
+
+def _store(
+    cache: PrefixCache, rows: Rows, hidden: Tensor, items: list[tuple[int, Hashable, Tensor]]
+) -> None:
+    mask = rows.attention_mask.bool()
+    for r, key, signature in items:
+        if not cache.put(key, signature, hidden[r][mask[r]]):
+            return

@@ -1,0 +1,176 @@
+"""Frozen-prefix reuse, the cross-step prefix cache and draw chunking give the same numbers as
+the plain full forward."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+
+from bslora_pyro.adapter import AdapterConfig
+from bslora_pyro.bayesian_lora import BayesianLora
+from bslora_pyro.data.example import MultipleChoiceExample
+from bslora_pyro.prefix import FrozenPrefix, PrefixCache, find_stack
+from bslora_pyro.scoring import ChoiceScorer
+from bslora_pyro.testing import tiny_bert, tiny_llama, tiny_tokenizer
+
+ATOL = 1e-5
+
+
+def make_example(uid: str, question: str, choices: tuple[str, ...], label: int = 0):
+    listed = " ".join(f"{letter}. {c}." for letter, c in zip("ABCD", choices, strict=False))
+    return MultipleChoiceExample(
+        uid=uid,
+        question=question,
+        choices=choices,
+        label=label,
+        letter_prompt=f"Q: {question} Choices: {listed} Answer:",
+        loglik_pairs=tuple((f"Q: {question}\nA:", f" {c}") for c in choices),
+    )
+
+
+EXAMPLES = [
+    make_example("a", "Which one is a fruit, if any of these?", ("apple", "rock", "chair"), 0),
+    make_example("b", "Sky?", ("blue", "green"), 0),
+    make_example("c", "Pick the second number in this list", ("one", "two", "three", "four"), 1),
+    make_example("d", "Hot or cold: fire", ("hot", "cold, very cold"), 0),
+]
+
+
+def build(backbone: str, layers, mode: str, scorer: ChoiceScorer | None = None, seed: int = 0):
+    """A BayesianLora on a 4-block tiny model with non-zero factors."""
+    torch.manual_seed(seed)
+    if backbone == "llama":
+        model = tiny_llama(num_layers=4, seed=seed)
+        tok, targets, heads = tiny_tokenizer("left"), ["q_proj", "v_proj", "down_proj"], []
+    else:
+        model = tiny_bert(num_layers=4, seed=seed)
+        tok, targets, heads = tiny_tokenizer("right"), ["query", "value"], ["classifier"]
+    config = AdapterConfig(
+        r=4, alpha=8.0, target_modules=targets, layers=layers, trainable_modules=heads
+    )
+    method = BayesianLora(model, scorer or ChoiceScorer(tok, mode), config)
+    with torch.no_grad():
+        for layer in method.adapters.values():
+            layer.lora_B.normal_(0.0, 0.5)
+    return method
+
+
+def predict(method, batch, scorer, gates, num_draws):
+    method.set_gates(gates)
+    with torch.no_grad():
+        return scorer.logits(method.backbone, batch, num_draws)
+
+
+CASES = [("llama", "letter"), ("llama", "choice_loglik"), ("bert", "encoder")]
+
+
+@pytest.mark.parametrize(("backbone", "mode"), CASES)
+def test_prefix_reuse_matches_full_forward(backbone, mode):
+    method = build(backbone, "2:", mode)
+    fast = method.scorer
+    slow = ChoiceScorer(fast.tokenizer, mode, reuse_prefix=False)
+    assert fast._prefix(method.backbone).start == 2
+    batch = fast.encode(EXAMPLES)
+    torch.manual_seed(1)
+    gates = method.sample_gates(3)  # [3, r] per module
+    expected = predict(method, batch, slow, gates, 3)
+    got = predict(method, batch, fast, gates, 3)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    assert not torch.allclose(expected[0], expected[1])  # the draws do differ
+    per_example = {k: v.repeat_interleave(len(EXAMPLES), 0) for k, v in gates.items()}
+    torch.testing.assert_close(
+        predict(method, batch, fast, per_example, 3), expected, atol=ATOL, rtol=0
+    )
+
+
+@pytest.mark.parametrize(("backbone", "mode"), [("llama", "letter"), ("bert", "encoder")])
+def test_all_layers_adapted_falls_back(backbone, mode):
+    method = build(backbone, None, mode)
+    assert method.scorer._prefix(method.backbone) is None
+
+
+def test_hidden_states_at_real_positions_ignore_padding():
+    model = tiny_llama(num_layers=4)
+    scorer = ChoiceScorer(tiny_tokenizer("left"), "letter")
+    prefix = FrozenPrefix(find_stack(model), start=3)
+    batch = scorer.encode(EXAMPLES)
+    rows = scorer._rows(batch)
+    together = prefix.lower(rows)
+    mask = rows.attention_mask.bool()
+    for r, ex in enumerate(EXAMPLES):
+        alone_rows = scorer._rows(scorer.encode([ex]))
+        alone = prefix.lower(alone_rows)[0][alone_rows.attention_mask[0].bool()]
+        torch.testing.assert_close(together[r][mask[r]], alone, atol=ATOL, rtol=0)
+
+
+def loss_and_grads(method, batch, index, num_data):
+    pyro.set_rng_seed(3)
+    method.zero_grad(set_to_none=True)
+    terms = method.training_loss(batch, index, num_data, num_draws=2, per_example=True)
+    terms.loss.backward()
+    grads = [p.grad.clone() for p in method.factor_parameters().values()]
+    return terms.loss.detach(), grads
+
+
+@pytest.mark.parametrize(("backbone", "mode"), CASES)
+def test_training_with_cache_matches_full_forward(backbone, mode, monkeypatch):
+    method = build(backbone, "-1:", mode)
+    scorer = method.scorer
+    computed: list[int] = []
+    original = FrozenPrefix.lower
+
+    def counting_lower(self, rows, context=None):
+        computed.append(rows.num_rows)
+        return original(self, rows, context)
+
+    monkeypatch.setattr(FrozenPrefix, "lower", counting_lower)
+    first = scorer.encode(EXAMPLES[:3])
+    mixed = scorer.encode([EXAMPLES[3], EXAMPLES[0], EXAMPLES[2]])  # one miss, two hits
+    per_question = first.input_ids.reshape(-1, first.input_ids.shape[-1]).shape[0] // 3
+    for batch, misses in ((first, 3), (mixed, 1), (first, 0)):
+        index = torch.arange(3)
+        scorer.reuse_prefix = False
+        expected = loss_and_grads(method, batch, index, 12)
+        scorer.reuse_prefix = True
+        computed.clear()
+        got = loss_and_grads(method, batch, index, 12)
+        assert sum(computed) == misses * per_question
+        torch.testing.assert_close(got[0], expected[0], atol=ATOL, rtol=1e-6)
+        for g, e in zip(got[1], expected[1], strict=True):
+            torch.testing.assert_close(g, e, atol=ATOL, rtol=1e-5)
+    assert len(scorer.prefix_cache) == 4 * per_question
+
+
+def test_cache_budget_and_signatures():
+    method = build("llama", "-1:", "letter")
+    scorer = method.scorer
+    scorer.prefix_cache = PrefixCache(budget_mb=0.004)  # a few rows of 32 floats
+    batch = scorer.encode(EXAMPLES)
+    renamed = scorer.encode([make_example("a", "A different question", ("x", "y"))])
+    for b in (batch, batch, renamed):
+        scorer.reuse_prefix = False
+        expected = loss_and_grads(method, b, torch.arange(b.num_examples), 8)[0]
+        scorer.reuse_prefix = True
+        got = loss_and_grads(method, b, torch.arange(b.num_examples), 8)[0]
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-6)
+    assert scorer.prefix_cache.full
+    assert scorer.prefix_cache.nbytes <= scorer.prefix_cache.budget_bytes
+
+
+@pytest.mark.parametrize(("backbone", "layers"), [("llama", "2:"), ("llama", None), ("bert", "2:")])
+def test_chunked_draws_match_one_forward(backbone, layers):
+    mode = "encoder" if backbone == "bert" else "choice_loglik"
+    method = build(backbone, layers, mode)
+    batch = method.scorer.encode(EXAMPLES)
+    chunked = ChoiceScorer(method.scorer.tokenizer, mode, draw_chunk_mb=1e-9)
+    whole = ChoiceScorer(method.scorer.tokenizer, mode, draw_chunk_mb=None)
+    torch.manual_seed(2)
+    gates = method.sample_gates(4 * len(EXAMPLES))  # per-example groups: G = D * B
+    torch.testing.assert_close(
+        predict(method, batch, chunked, gates, 4),
+        predict(method, batch, whole, gates, 4),
+        atol=ATOL,
+        rtol=0,
+    )
+    assert chunked._draws_per_chunk(method.backbone, batch, chunked._rows(batch), 4, None) == 1
