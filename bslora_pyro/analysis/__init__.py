@@ -18,6 +18,7 @@ from bslora_pyro.analysis.inference_data import (
     load_inference_data,
     save_inference_data,
 )
+from bslora_pyro.models import GatePrior
 
 GATE_FIGURES = {"q(z=1) per layer and rank": "gate_heatmap.png",
                 "expected active ranks over training": "active_ranks.png"}
@@ -48,7 +49,7 @@ def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = N
     train_log = rundir.read_jsonl(run_dir / rundir.TRAIN_LOG)
     history = rundir.read_jsonl(run_dir / rundir.GATE_LOG)
     written: list[Path] = []
-    if getattr(method, "prior", None) is not None:
+    if isinstance(getattr(method, "prior", None), GatePrior):
         idata = build_inference_data(
             method, num_draws, config.seed if seed is None else seed, train_log, history,
             attrs={"run": config.name, "method": config.method},

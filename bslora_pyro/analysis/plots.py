@@ -76,7 +76,7 @@ def plot_gate_heatmap(idata) -> Figure:
             for (i, j), v in np.ndenumerate(values):
                 if not np.isnan(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if v > 0.5 else "white")
+                            color="black" if v > 0.6 else "white")
     fig.colorbar(image, ax=list(axes), shrink=0.9, label="q(z=1)")
     return fig
 

@@ -32,7 +32,8 @@ def gate_summary(idata, hdi_prob: float = 0.94) -> pd.DataFrame:
     prob = {"hdi_prob": hdi_prob} if az.__version__.startswith("0.") else {"ci_prob": hdi_prob}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells of the grid
-        table = az.summary(idata, var_names=summary_vars(idata), kind="stats", **prob)
+        table = az.summary(idata, var_names=summary_vars(idata), kind="stats", round_to="none",
+                           **prob)
     return table.dropna(how="all")
 
 
