@@ -23,7 +23,7 @@ from bslora_pyro.scoring import ChoiceScorer
 from bslora_pyro.testing import tiny_llama, tiny_tokenizer
 
 METHODS = [name for name in available_methods() if name != "zero_shot"]
-TRAIN = TrainConfig(steps=40, batch_size=8, lr_factors=1e-2, lr_gates=3e-2, warmup_ratio=0.0)
+TRAIN = TrainConfig(steps=24, batch_size=8, lr_factors=1e-2, lr_gates=3e-2, warmup_ratio=0.0)
 DRAWS = {"mle": 1, "map": 1, "temperature_scaling": 1, "ensemble": 3}  # M at num_samples=4
 
 
@@ -34,14 +34,14 @@ def build(name: str, options: dict | None = None):
 
 
 def fit(method, examples, config):
-    """What the runner does: train (member by member for an ensemble), then post-hoc fits."""
-    split = getattr(method, "split_training", None)
-    train = split(examples)[0] if split else examples
-    if hasattr(method, "fit_members"):
-        trainers = method.fit_members(train, method.scorer.encode, config)
+    """What the runner does: the method's own ``fit`` hook (ensemble, temperature scaling)
+    or one SVITrainer, then ``fit_posthoc`` on the training set when the method has one."""
+    own_fit = getattr(method, "fit", None)
+    if own_fit is not None:
+        trainers = own_fit(examples, method.scorer.encode, config, progress=False)
     else:
         trainers = [SVITrainer(method, method.scorer.encode, config)]
-        trainers[0].fit(train, progress=False)
+        trainers[0].fit(examples, progress=False)
     posthoc = getattr(method, "fit_posthoc", None)
     info = posthoc(examples, method.scorer.encode) if posthoc else None
     return trainers, info
@@ -94,8 +94,14 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
     loaded = method_module(trained.name).load(tmp_path, tiny_llama(seed=0), method.scorer)
     for deterministic in (False, True):
         a, b = (
-            predict(m, trained.evaluation, m.scorer.encode, num_samples=4, progress=False,
-                    deterministic=deterministic)
+            predict(
+                m,
+                trained.evaluation,
+                m.scorer.encode,
+                num_samples=4,
+                progress=False,
+                deterministic=deterministic,
+            )
             for m in (method, loaded)
         )
         torch.testing.assert_close(a.sample_probs, b.sample_probs, rtol=0, atol=0)
@@ -151,6 +157,7 @@ def check_ensemble(trained):
         assert owned[k] == {id(p) for p in member.factor_parameters().values()}
         assert all(owned[k].isdisjoint(owned[j]) for j in range(len(trainers)) if j != k)
         assert trainer.optimizer is not trainers[k - 1].optimizer
+        assert trainer.history[-1]["member"] == k
     name = next(iter(trained.method.adapters))
     weights = [m.factor_parameters()[f"{name}.lora_A"] for m in members]
     assert not torch.allclose(weights[0], weights[1]) and not torch.allclose(weights[1], weights[2])
@@ -164,12 +171,23 @@ def check_blob(trained):
     batch = _batch(trained)
     terms = method.training_loss(batch, torch.arange(4), 32, num_draws=3)
     expected = 0.0
-    for (name, layer), sigma in zip(method.adapters.items(), method.sigmas().values(), strict=True):
+    for layer, sigma in zip(method.adapters.values(), method.sigmas().values(), strict=True):
         mu, s, p = layer.lora_A.detach(), sigma.detach(), 0.2
         expected += float((torch.log(p / s) + (s**2 + mu**2) / (2 * p**2) - 0.5).sum())
     assert math.isclose(terms.kl.item(), expected, rel_tol=1e-5)
+    # one batched forward of 3 draws == 3 forwards with each draw's A
     draws = method.predict_logits(batch, num_samples=3)
     assert not torch.allclose(draws[0], draws[1])
+    sampled = {name: layer.sampled_A for name, layer in method.adapters.items()}
+    assert all(
+        a.shape == (3, 4, layer.in_features)
+        for a, layer in zip(sampled.values(), method.adapters.values(), strict=True)
+    )
+    for g in range(3):
+        method.set_factors({name: a[g] for name, a in sampled.items()})
+        with torch.no_grad():
+            single = method.scorer.logits(method.backbone, batch, 1)[0]
+        torch.testing.assert_close(single, draws[g], rtol=1e-5, atol=1e-5)
 
 
 def check_laplace(trained):
@@ -183,6 +201,10 @@ def check_laplace(trained):
     assert lml(best) >= max(lml(best * 1.5), lml(best / 1.5))
     scale = 0.5 * sum(v.numel() for v in method.hessian.values()) / best
     assert abs(method.marginal_likelihood_gradient(best)) < 1e-6 * scale
+    last = build("laplace", {"subset": "last_layer", "prior_precision": 2.0})
+    last.fit_posthoc(trained.train[:4], last.scorer.encode)
+    assert set(last.hessian) == {"lm_head.lora_A", "lm_head.lora_B"}
+    assert last.prior_precision == 2.0
 
 
 def check_temperature_scaling(trained):
@@ -193,6 +215,16 @@ def check_temperature_scaling(trained):
     assert calibration <= {ex.uid for ex in trained.train}
     assert calibration.isdisjoint(ex.uid for ex in trained_on)
     assert calibration.isdisjoint(ex.uid for ex in trained.evaluation)
+    assert len(trained_on) == 32 - len(holdout) == 29
+    # the LoRA never trains on the held-out part
+    fresh, seen = build("temperature_scaling"), set()
+
+    def encode(examples):
+        seen.update(ex.uid for ex in examples)
+        return fresh.scorer.encode(examples)
+
+    fresh.fit(trained.train, encode, dataclasses.replace(TRAIN, steps=8), progress=False)
+    assert seen == {ex.uid for ex in trained_on}
     logits, labels, mask = method._holdout_logits(holdout, method.scorer.encode)
     unscaled = torch.nn.functional.cross_entropy(logits, labels).item()
     assert method.temperature.item() > 0 and trained.info["holdout_nll"] <= unscaled + 1e-6

@@ -4,9 +4,10 @@ Design: the backbone carries one set of adapter layers. Each member owns its fac
 parameters (A, B and any task head) and installs them into those layers, by reference,
 before each of its forwards. A member is a complete :class:`PlainLora` method, so each is
 trained on its own: a separate :class:`SVITrainer` (own AdamW state and schedule, own data
-order from :func:`member_train_config`), one member after the other. :meth:`fit_members`
-does exactly that; a runner may instead loop over ``members`` itself. The ensemble object
-predicts only: ``[K, B, C]`` member logits, whose softmaxes the predictive averages.
+order from :func:`member_train_config`), one member after the other. The method's
+``fit(examples, encode, config, progress, on_step)`` hook does exactly that (a runner may
+instead loop over ``members`` itself). The ensemble object predicts only: ``[K, B, C]``
+member logits, whose softmaxes the predictive averages.
 
 Member 0 keeps the adapter's initial A (from the global seed); later members draw a fresh
 Kaiming-uniform A from the global RNG; B starts at zero and heads at their initial value.
@@ -62,8 +63,17 @@ def member_train_config(config, index: int, num_members: int):
     return dataclasses.replace(config, seed=config.seed * num_members + index)
 
 
+def _tagged(on_step: Callable | None, index: int) -> Callable:
+    def hook(trainer, record: dict) -> None:
+        record["member"] = index
+        if on_step is not None:
+            on_step(trainer, record)
+
+    return hook
+
+
 class DeepEnsemble(PlainLora):
-    """K :class:`EnsembleMember` s; train them with :meth:`fit_members`."""
+    """K :class:`EnsembleMember` s; train them with :meth:`fit`."""
 
     def __init__(self, backbone, scorer, adapter, num_members: int) -> None:
         super().__init__(backbone, scorer, adapter, name=NAME)
@@ -72,34 +82,34 @@ class DeepEnsemble(PlainLora):
         )
         self.members[0].install()
 
-    def fit_members(
+    def fit(
         self,
         examples: Sequence,
         encode: Callable[[Sequence], object],
         config,
-        device: torch.device | str = "cpu",
-        progress: bool = False,
+        progress: bool = True,
         on_step: Callable | None = None,
+        device: torch.device | str | None = None,
     ) -> list:
         """Train every member with its own :class:`SVITrainer`, one after the other.
 
-        ``on_step(index, trainer, record)`` is called after each step. Returns the trainers.
+        ``on_step(trainer, record)`` is called after each step; records carry ``member``.
+        ``device`` defaults to the parameters' device. Returns the K trainers.
         """
         from bslora_pyro.inference.svi import SVITrainer
 
+        device = device or next(self.members[0].parameters()).device
         trainers = []
         for k, member in enumerate(self.members):
-            trainer = SVITrainer(
-                member, encode, member_train_config(config, k, len(self.members)), device
-            )
-            hook = None if on_step is None else (lambda t, r, k=k: on_step(k, t, r))
-            trainer.fit(examples, progress=progress, on_step=hook)
+            config_k = member_train_config(config, k, len(self.members))
+            trainer = SVITrainer(member, encode, config_k, device)
+            trainer.fit(examples, progress=progress, on_step=_tagged(on_step, k))
             trainers.append(trainer)
         return trainers
 
     def training_loss(self, *args, **kwargs):
         raise MethodError(
-            "the ensemble trains member by member: call fit_members(...) or "
+            "the ensemble trains member by member: call its fit(...) or "
             "train each of method.members with its own SVITrainer"
         )
 

@@ -78,7 +78,7 @@ class LaplaceLora(PlainLora):
                 logits = self.scorer.logits(self.backbone, batch, 1)[0, 0, : example.num_choices]
                 log_p = torch.log_softmax(logits, dim=-1)
                 probs = log_p.detach().exp()
-                log_likelihood += float(log_p[example.label])
+                log_likelihood += float(log_p.detach()[example.label])
                 for c in range(len(log_p)):
                     grads = torch.autograd.grad(log_p[c], tensors, retain_graph=c < len(log_p) - 1)
                     for h, g in zip(hessian, grads, strict=True):

@@ -1,10 +1,11 @@
 """Temperature scaling: one temperature T on top of MLE logits, fitted post hoc.
 
 The training set is split once, by a seeded permutation, into a part the LoRA trains on
-and a held-out calibration part (``holdout_fraction``). The runner trains on
-``split_training(train)[0]`` and then calls ``fit_posthoc(train, encode)``, which fits
-``log T`` by LBFGS on the NLL of the held-out part only; the evaluation set is never seen.
-Predictions are the MLE logits divided by T (``[1, B, C]``).
+and a held-out calibration part (``holdout_fraction``). The method's ``fit(train, encode,
+config, ...)`` hook trains on ``split_training(train)[0]`` only (a runner that drives its
+own trainer must do the same); ``fit_posthoc(train, encode)`` then fits ``log T`` by LBFGS
+on the NLL of the held-out part; the evaluation set is never seen. Predictions are the
+MLE logits divided by T (``[1, B, C]``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,24 @@ class TemperatureScaledLora(PlainLora):
         train = [ex for i, ex in enumerate(examples) if i not in chosen]
         holdout = [ex for i, ex in enumerate(examples) if i in chosen]
         return train, holdout
+
+    def fit(
+        self,
+        examples: Sequence,
+        encode: Callable[[Sequence], object],
+        config,
+        progress: bool = True,
+        on_step: Callable | None = None,
+        device: torch.device | str | None = None,
+    ) -> list:
+        """Train the LoRA on the non-held-out part of ``examples`` (one SVITrainer)."""
+        from bslora_pyro.inference.svi import SVITrainer
+
+        train, _ = self.split_training(examples)
+        device = device or self.adapters[next(iter(self.adapters))].lora_A.device
+        trainer = SVITrainer(self, encode, config, device)
+        trainer.fit(train, progress=progress, on_step=on_step)
+        return [trainer]
 
     @torch.no_grad()
     def _holdout_logits(self, examples: Sequence, encode: Callable, batch_size: int = 8):
