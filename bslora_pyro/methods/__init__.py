@@ -5,7 +5,12 @@ function and ``NAME``. A method object provides, like :class:`BayesianLora`:
 ``training_loss(batch, index, num_data, num_draws, per_example, elbo=None)``,
 ``param_groups(lr_factors, lr_gates, weight_decay)``, ``training_metrics()``,
 ``set_progress(fraction)``, ``predict_logits(batch, num_samples, deterministic)`` and
-``save(directory)``. Methods that need no gradient training set ``trainable = False``.
+``save(directory)``; the module provides ``load(directory, backbone, scorer)``.
+
+Optional hooks the runner calls: ``fit(examples, encode, train_config, progress, on_step)``
+for methods that train several members or on part of the data (deep ensemble, temperature
+scaling), and ``fit_posthoc(examples, encode)`` after training (Laplace, temperature
+scaling). Methods that need no gradient training set ``trainable = False``.
 """
 
 from __future__ import annotations
