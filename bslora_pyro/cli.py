@@ -16,9 +16,10 @@ def _train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     if args.data_dir:
         config.data.dir = args.data_dir
-    results = run_experiment(config, args.out, progress=not args.quiet)
-    print(metrics_table(results))
-    print(f"run directory: {args.out} (report: {Path(args.out) / 'report.md'})")
+    results = run_experiment(config, args.out, progress=not args.quiet, resume=args.resume)
+    if results:  # empty on the non-main processes of a multi-process launch
+        print(metrics_table(results))
+        print(f"run directory: {args.out} (report: {Path(args.out) / 'report.md'})")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set train.steps=100")
     train.add_argument("--data-dir", help="local data folder (else BSLORA_DATA_DIR or the hub)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--resume", action="store_true",
+                       help="continue a killed run from OUT/checkpoint (same config and seed)")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on another task")
@@ -118,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"bslora {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__  # always one line
+        print(f"bslora {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

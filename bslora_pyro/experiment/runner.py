@@ -21,8 +21,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # cuda:LOCAL_RANK under a multi-process launch
+        from bslora_pyro.inference.distributed import local_cuda_device
+
+        return local_cuda_device() if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(name)
 
 
@@ -48,6 +50,7 @@ def build_scorer_and_backbone(config: ExperimentConfig):
         dtype=DTYPES[config.model.dtype],
         trust_remote_code=config.model.trust_remote_code,
         device=resolve_device(config.model.device),
+        quantization=config.model.quantization,
     )
     scorer = ChoiceScorer(tokenizer, config.model.scoring, max_length=config.model.max_length)
     return backbone, scorer
@@ -56,7 +59,10 @@ def build_scorer_and_backbone(config: ExperimentConfig):
 def build_method(config: ExperimentConfig, backbone, scorer):
     from bslora_pyro.methods import build_method as build
 
-    method = build(config.method, backbone, scorer, config.adapter, config.method_options)
+    try:
+        method = build(config.method, backbone, scorer, config.adapter, config.method_options)
+    except TypeError as error:  # an unknown keyword in method_options (guide, prior_kwargs)
+        raise ConfigError(f"method_options of method {config.method!r}: {error}") from None
     if isinstance(method, torch.nn.Module):
         method.to(resolve_device(config.model.device))
     return method
@@ -74,20 +80,54 @@ def _log_step(run_dir: Path, config: ExperimentConfig, method):
     return on_step
 
 
-def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path, progress=True):
-    """Run SVI (and any post-hoc fitting the method asks for)."""
-    from bslora_pyro.inference.svi import SVITrainer
-
+def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path, progress=True,
+                 resume: bool = False):
+    """Run SVI (and any post-hoc fitting the method asks for); ``resume`` continues from
+    the run directory's latest checkpoint."""
     if getattr(method, "trainable", True):
         fit = getattr(method, "fit", None)
         if fit is not None:  # methods that train several members (deep ensemble)
+            if resume:
+                raise ConfigError(f"--resume is not supported for method {config.method!r}")
             fit(train_examples, method.scorer.encode, config.train, progress=progress,
                 on_step=_log_step(run_dir, config, method))
         else:
-            device = resolve_device(config.model.device)
-            trainer = SVITrainer(method, method.scorer.encode, config.train, device=device)
-            trainer.fit(train_examples, progress=progress, on_step=_log_step(run_dir, config, method))
+            _train_with_checkpoints(config, method, train_examples, run_dir, progress, resume)
     return method
+
+
+def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, run_dir: Path,
+                            progress: bool, resume: bool) -> None:
+    """SVI (accelerate when launched on several processes) with checkpoints every
+    ``config.checkpoint_every`` steps in ``run_dir/checkpoint``; a NaN stops with a message."""
+    from bslora_pyro.inference import checkpoint
+    from bslora_pyro.inference.distributed import build_trainer
+    from bslora_pyro.inference.svi import TrainingError
+
+    trainer = build_trainer(method, method.scorer.encode, config.train,
+                            resolve_device(config.model.device))
+    main = getattr(trainer, "is_main_process", True)
+    saver = checkpoint.Checkpointer(run_dir / checkpoint.CHECKPOINT_DIR, config.checkpoint_every,
+                                    enabled=main and getattr(trainer, "supports_checkpoints", True))
+    if resume:
+        checkpoint.resume(trainer, saver.root)
+        if main:  # drop log lines written after the checkpoint
+            gates = [r for r in rundir.read_jsonl(run_dir / rundir.GATE_LOG)
+                     if r["step"] <= trainer.step]
+            for name, records in ((rundir.TRAIN_LOG, trainer.history), (rundir.GATE_LOG, gates)):
+                rundir.atomic_write_text(run_dir / name, "".join(json.dumps(r) + "\n"
+                                                                 for r in records))
+    log_step = _log_step(run_dir, config, method)
+
+    def on_step(trainer, record: dict) -> None:
+        if main:
+            log_step(trainer, record)
+            saver(trainer, record)
+
+    try:
+        trainer.fit(train_examples, progress=progress and main, on_step=on_step)
+    except TrainingError as error:
+        raise TrainingError(f"{error}; {saver.describe()}") from None
 
 
 def save_method(method, run_dir: Path) -> None:
@@ -138,31 +178,43 @@ def run_experiment(
     out_dir: str | Path,
     progress: bool = True,
     scorer=None,
+    resume: bool = False,
 ) -> dict:
     """Train ``config.method``, save it, evaluate every ``data.eval`` split, and write
-    ``metrics.json``, predictions, the training log, plots and ``report.md``.
+    ``metrics.json``, predictions, the training log, plots and ``report.md``. ``resume``
+    continues a killed run from its latest checkpoint; under a multi-process launch only the
+    main process saves and evaluates (the others return ``{}``).
 
     A ``scorer`` built earlier may be passed to share its tokenizer and its cache of
     frozen-prefix hidden states between runs on the same backbone (see ``run_grid``).
     """
+    from bslora_pyro.data import DataError
     from bslora_pyro.experiment.report import write_report
+    from bslora_pyro.inference.distributed import is_main_process
 
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (rundir.TRAIN_LOG, rundir.GATE_LOG):
+    for stale in () if resume else (rundir.TRAIN_LOG, rundir.GATE_LOG):
         (run_dir / stale).unlink(missing_ok=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
                                                                      sort_keys=False))
     seed_everything(config.seed)
     train_examples = load_split(config.data.train, config.data.dir)
+    if not train_examples:
+        raise DataError(f"data.train {config.data.train.label} has no examples "
+                        f"(limit={config.data.train.limit})")
     for split in config.data.eval:  # fail on a bad eval set before spending time training
-        load_split(SplitConfig(split.task, split.split, 1), config.data.dir)
+        probe = 1 if split.limit is None else min(split.limit, 1)
+        if not load_split(SplitConfig(split.task, split.split, probe), config.data.dir):
+            raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
     backbone, own_scorer = build_scorer_and_backbone(config)
     scorer = scorer or own_scorer
     method = build_method(config, backbone, scorer)
     started = time.perf_counter()
-    train_method(config, method, train_examples, run_dir, progress)
+    train_method(config, method, train_examples, run_dir, progress, resume)
     train_seconds = time.perf_counter() - started
+    if not is_main_process():
+        return {}
     posthoc = getattr(method, "fit_posthoc", None)
     if posthoc is not None:
         posthoc(train_examples, scorer.encode)

@@ -35,6 +35,7 @@ from bslora_pyro.inference.svi import TrainingError
 
 log = logging.getLogger("bslora_pyro")
 
+CHECKPOINT_DIR = "checkpoint"  # inside a run directory
 FORMAT = "bslora-checkpoint"
 VERSION = 1
 LATEST = "latest"
@@ -70,8 +71,9 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["rng/torch"])
-    indexed = [(int(k.rsplit("/", 1)[1]), v) for k, v in tensors.items() if k.startswith("rng/cuda/")]
-    cuda = [v for _, v in sorted(indexed, key=lambda item: item[0])]
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng/cuda/")),
+                       key=lambda k: int(k.rsplit("/", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     version, internal, gauss = meta["python"]
@@ -163,6 +165,7 @@ def save_checkpoint(trainer, root: str | Path) -> Path:
         for child in (tmp / TENSORS, tmp / STATE):
             with child.open("rb") as handle:
                 os.fsync(handle.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is a normal folder
         final = root / name
         if final.exists():  # the same step saved again (e.g. right after a resume)
             shutil.rmtree(final)

@@ -134,6 +134,7 @@ class AccelerateTrainer(SVITrainer):
         self.is_main_process = self.accelerator.is_main_process
         self.processes = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        shard(torch.arange(config.batch_size), 0, self.processes, config.grad_accumulation_steps)
         fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         self.supports_checkpoints = not fsdp
         module = _LossModule(method, self.elbo)
@@ -159,8 +160,9 @@ class AccelerateTrainer(SVITrainer):
             )
             if not self._all_finite(loss):
                 raise TrainingError(
-                    f"loss is not finite at step {self.step} (this process: loss={loss.item()}, "
-                    f"nll={nll.item()}, kl={kl.item()}); lower the learning rates or check the data"
+                    f"loss is not finite at step {self.step + 1} (this process: "
+                    f"loss={loss.item()}, nll={nll.item()}, kl={kl.item()}); lower the learning "
+                    "rates or check the data"
                 )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -182,7 +184,7 @@ class AccelerateTrainer(SVITrainer):
         fp16 = self.accelerator.scaler is not None  # the scaler skips overflowing steps itself
         if norm is not None and not fp16 and not torch.isfinite(torch.as_tensor(norm)):
             raise TrainingError(
-                f"gradient norm is {float(norm)} at step {self.step}; lower the learning rates"
+                f"gradient norm is {float(norm)} at step {self.step + 1}; lower the learning rates"
             )
 
     def train_step(self, examples: Sequence) -> dict:

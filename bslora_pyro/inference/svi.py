@@ -151,7 +151,7 @@ class SVITrainer:
         )
         if not torch.isfinite(terms.loss):
             raise TrainingError(
-                f"loss is {terms.loss.item()} at step {self.step} (nll={terms.nll.item()}, "
+                f"loss is {terms.loss.item()} at step {self.step + 1} (nll={terms.nll.item()}, "
                 f"kl={terms.kl.item()}); lower the learning rates or check the data"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -160,7 +160,7 @@ class SVITrainer:
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         if not torch.isfinite(norm):
             raise TrainingError(
-                f"gradient norm is {norm.item()} at step {self.step}; lower the learning rates"
+                f"gradient norm is {norm.item()} at step {self.step + 1}; lower the learning rates"
             )
         self.optimizer.step()
         self.scheduler.step()
