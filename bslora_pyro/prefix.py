@@ -3,20 +3,21 @@
 When every gated LoRA layer (and every trainable parameter) sits in blocks ``>= k``, the hidden
 states entering block ``k`` do not depend on gates or factors. :class:`FrozenPrefix` computes
 them once per batch under ``torch.no_grad()`` (:meth:`FrozenPrefix.lower`) and runs blocks
-``>= k`` plus the final norm on hidden states replicated draw-major (:meth:`FrozenPrefix.upper`).
-:class:`PrefixCache` keeps the layer-``k`` states of each row's real tokens across training
-steps, bounded by a budget in MB.
+``>= k`` plus the final norm on hidden states replicated draw-major (:meth:`FrozenPrefix.upper`);
+the last block's feed-forward part runs only at the positions the head reads. :class:`PrefixCache`
+keeps the layer-``k`` states of each row's real tokens across training steps, bounded by a
+budget in MB.
 
 Supported stacks: Llama-family decoders (rotary embeddings, causal + padding mask built with
 transformers' own mask utilities) and BERT encoders (bidirectional padding mask). Anything else,
-an adapter in block 0 or an active dropout in the prefix gives ``None`` from
-:meth:`FrozenPrefix.build`, and callers run the plain full forward.
+an adapter (or forward hook) in block 0, or an active dropout below the first adapted block
+gives ``None`` from :meth:`FrozenPrefix.build`, and callers run the plain full forward.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,9 @@ def repeat_rows(value: Any, num_rows: int, times: int) -> Any:
 # ---------------------------------------------------------------------------- stacks
 
 
+Selector = Callable[[Tensor], Tensor]
+
+
 class Stack:
     """One architecture's embeddings, blocks and final norm, called block by block."""
 
@@ -100,6 +104,13 @@ class Stack:
 
     def block(self, index: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
         raise NotImplementedError
+
+    def last_block(
+        self, index: int, hidden: Tensor, context: dict[str, Any], select: Selector
+    ) -> Tensor:
+        """Block ``index`` (the last) with everything after attention computed only at the
+        positions ``select`` keeps; the generic version selects after the whole block."""
+        return select(self.block(index, hidden, context))
 
     def finish(self, hidden: Tensor) -> Tensor:
         return hidden
@@ -152,6 +163,17 @@ class LlamaStack(Stack):
         out = self.layers[index](hidden, **context)
         return out[0] if isinstance(out, tuple) else out
 
+    def last_block(
+        self, index: int, hidden: Tensor, context: dict[str, Any], select: Selector
+    ) -> Tensor:
+        layer = self.layers[index]
+        if type(layer).__name__ != "LlamaDecoderLayer":
+            return super().last_block(index, hidden, context, select)
+        # LlamaDecoderLayer.forward, with the MLP at the selected positions only
+        attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), **context)
+        picked = select(hidden + attended)
+        return picked + layer.mlp(layer.post_attention_layernorm(picked))
+
     def finish(self, hidden: Tensor) -> Tensor:
         return self.body.norm(hidden)
 
@@ -185,6 +207,16 @@ class BertStack(Stack):
     def block(self, index: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
         out = self.layers[index](hidden, context["attention_mask"])
         return out[0] if isinstance(out, tuple) else out
+
+    def last_block(
+        self, index: int, hidden: Tensor, context: dict[str, Any], select: Selector
+    ) -> Tensor:
+        layer = self.layers[index]
+        if type(layer).__name__ != "BertLayer" or layer.is_decoder:
+            return super().last_block(index, hidden, context, select)
+        # BertLayer.forward, with the feed-forward part at the selected positions only
+        attended = layer.attention(hidden, context["attention_mask"])[0]
+        return layer.feed_forward_chunk(select(attended))
 
     def padding_independent(self, rows: Rows) -> bool:
         # absolute positions count from column 0: exact only when every row starts there
@@ -294,15 +326,25 @@ class FrozenPrefix:
             hidden = self.stack.block(index, hidden, context)
         return hidden
 
-    def upper(self, hidden: Tensor, context: dict[str, Any], num_draws: int) -> Tensor:
+    def upper(
+        self,
+        hidden: Tensor,
+        context: dict[str, Any],
+        num_draws: int,
+        select: Selector | None = None,
+    ) -> Tensor:
         """Final hidden states ``[num_draws * R, T, H]`` (draw-major) from the block-``start``
-        states ``hidden`` ``[R, T, H]``."""
+        states ``hidden`` ``[R, T, H]``; with ``select`` (a position gather), only the selected
+        ones, the last block's feed-forward part computed at those positions alone."""
         rows = hidden.shape[0]
         hidden = repeat_rows(hidden, rows, num_draws)
         context = {k: repeat_rows(v, rows, num_draws) for k, v in context.items()}
-        for index in range(self.start, len(self.stack.layers)):
+        last = len(self.stack.layers) - 1
+        for index in range(self.start, last + 1):
+            if select is not None and index == last:
+                return self.stack.finish(self.stack.last_block(index, hidden, context, select))
             hidden = self.stack.block(index, hidden, context)
-        return self.stack.finish(hidden)
+        return self.stack.finish(hidden if select is None else select(hidden))
 
 
 # ---------------------------------------------------------------------------- cache

@@ -47,6 +47,7 @@ from bslora_pyro.prefix import (
 )
 
 MODES = ("letter", "choice_loglik", "encoder")
+AUTO_CHUNK_MB = {"cpu": 64.0, "accelerator": 4096.0}
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -239,26 +240,33 @@ def _gated_layers(model: nn.Module) -> list[GatedLoraLinear]:
     return [m for m in model.modules() if isinstance(m, GatedLoraLinear)]
 
 
+# per-draw state set on gated LoRA layers from outside: attribute -> dims when per row group
+_GROUPED_STATE = {"gates": 2, "sampled_A": 3}
+
+
 @contextmanager
 def _draw_slice(
     layers: Sequence[GatedLoraLinear], num_draws: int, start: int, count: int
 ) -> Iterator[None]:
-    """Temporarily keep only the gate groups of draws ``start .. start + count - 1``."""
-    saved = [(layer, layer.gates) for layer in layers]
+    """Temporarily keep only the row groups (gates, sampled factors) of draws
+    ``start .. start + count - 1``."""
+    saved = [
+        (layer, name, getattr(layer, name, None)) for layer in layers for name in _GROUPED_STATE
+    ]
     try:
-        for layer, gates in saved:
-            if gates is None or gates.dim() < 2:
+        for layer, name, value in saved:
+            if value is None or value.dim() < _GROUPED_STATE[name]:
                 continue
-            if gates.shape[0] % num_draws:
+            if value.shape[0] % num_draws:
                 raise GateShapeError(
-                    f"{gates.shape[0]} gate groups are not a multiple of {num_draws} draws"
+                    f"{value.shape[0]} {name} groups are not a multiple of {num_draws} draws"
                 )
-            per_draw = gates.shape[0] // num_draws
-            layer.gates = gates[start * per_draw : (start + count) * per_draw]
+            per_draw = value.shape[0] // num_draws
+            setattr(layer, name, value[start * per_draw : (start + count) * per_draw])
         yield
     finally:
-        for layer, gates in saved:
-            layer.gates = gates
+        for layer, name, value in saved:
+            setattr(layer, name, value)
 
 
 def _draw_bytes(model: Any, rows: int, width: int, blocks: int, head: int, grad: bool) -> int:
@@ -298,8 +306,9 @@ class ChoiceScorer:
         prefix_cache_mb: budget of the cross-step cache of block-``k`` states used under
             autograd (training); 0 disables it.
         prefix_cache_device: where cached states live (CPU RAM by default).
-        draw_chunk_mb: activation budget per forward; draws beyond it run in further chunks
-            (``None``: all draws in one forward).
+        draw_chunk_mb: estimated activation budget of one forward; draws beyond it run in
+            further chunks. ``"auto"``: 64 MB on CPU (small chunks stay in cache and measure
+            fastest there), 4096 MB on accelerators; ``None``: all draws in one forward.
     """
 
     def __init__(
@@ -310,7 +319,7 @@ class ChoiceScorer:
         reuse_prefix: bool = True,
         prefix_cache_mb: float = 1024.0,
         prefix_cache_device: str = "cpu",
-        draw_chunk_mb: float | None = 4096.0,
+        draw_chunk_mb: float | str | None = "auto",
     ) -> None:
         if mode not in MODES:
             raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
@@ -542,22 +551,36 @@ class ChoiceScorer:
                 if prefix is None:
                     parts.append(self._full_scores(model, batch, count))
                 else:
-                    hidden = prefix.upper(lower, context, count)
-                    parts.append(self._head(model, batch, hidden, count))
+                    select = lambda h, n=count: self._pick(batch, h, n)  # noqa: E731
+                    picked = prefix.upper(lower, context, count, select)
+                    parts.append(self._head(model, batch, picked, count))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _full_scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         if self.mode == "encoder":
             return self._encoder_logits(model, batch, num_draws)
-        return self._head(model, batch, self._hidden_states(model, batch, num_draws), num_draws)
+        hidden = self._hidden_states(model, batch, num_draws)
+        return self._head(model, batch, self._pick(batch, hidden, num_draws), num_draws)
 
-    def _head(self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int) -> Tensor:
+    def _pick(self, batch: EncodedBatch, hidden: Tensor, num_draws: int) -> Tensor:
+        """The states ``[D * R, P, H]`` the head reads: the last real position (letter), the
+        positions predicting continuation tokens (choice_loglik) or the first (encoder)."""
+        if self.mode == "encoder":
+            return hidden[:, :1]
+        if self.mode == "letter":
+            positions = _repeat(batch.last_positions, num_draws).unsqueeze(-1)  # [D * B, 1]
+        else:
+            positions = _repeat(batch.target_positions, num_draws)  # [D * R, K]
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index)
+
+    def _head(self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int) -> Tensor:
         head = {
             "letter": self._letter_head,
             "choice_loglik": self._loglik_head,
             "encoder": self._encoder_head,
         }[self.mode]
-        return head(model, batch, hidden, num_draws)
+        return head(model, batch, picked, num_draws)
 
     # ------------------------------------------------------------------ fast paths
 
@@ -617,7 +640,11 @@ class ChoiceScorer:
         prefix: FrozenPrefix | None,
     ) -> int:
         """How many draws fit ``draw_chunk_mb`` by :func:`_draw_bytes`'s estimate."""
-        if self.draw_chunk_mb is None or num_draws == 1:
+        budget_mb = self.draw_chunk_mb
+        if budget_mb == "auto":
+            cpu = rows.input_ids.device.type == "cpu"
+            budget_mb = AUTO_CHUNK_MB["cpu" if cpu else "accelerator"]
+        if budget_mb is None or num_draws == 1:
             return num_draws
         if prefix is not None:
             blocks = prefix.num_top_blocks
@@ -629,7 +656,7 @@ class ChoiceScorer:
         width = int(rows.input_ids.shape[-1])
         grad = torch.is_grad_enabled()
         per_draw = _draw_bytes(model, rows.num_rows, width, blocks, head, grad)
-        return max(1, min(num_draws, int(self.draw_chunk_mb * 2**20) // per_draw))
+        return max(1, min(num_draws, int(float(budget_mb) * 2**20) // per_draw))
 
     def _hidden_states(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         """Final hidden states ``[num_draws * rows, T, H]`` of the decoder body."""
@@ -646,19 +673,14 @@ class ChoiceScorer:
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def _letter_head(
-        self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int
+        self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int
     ) -> Tensor:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, _repeat(batch.last_positions, num_draws)]  # [D * B, H]
-        vocab_logits = output_head(model)(last)
+        vocab_logits = output_head(model)(picked[:, 0])  # [D * B, V]
         return vocab_logits.index_select(-1, batch.letter_ids)
 
     def _loglik_head(
-        self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int
+        self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int
     ) -> Tensor:
-        positions = _repeat(batch.target_positions, num_draws)  # [D * R, K]
-        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        picked = hidden.gather(1, index)  # [D * R, K, H]
         log_probs = output_head(model)(picked).float().log_softmax(dim=-1)
         targets = _repeat(batch.target_ids, num_draws).unsqueeze(-1)
         token_log_probs = log_probs.gather(-1, targets).squeeze(-1)
@@ -676,9 +698,9 @@ class ChoiceScorer:
         return out.logits if hasattr(out, "logits") else out[0]
 
     def _encoder_head(
-        self, model: Any, batch: EncodedBatch, hidden: Tensor, num_draws: int
+        self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int
     ) -> Tensor:
-        """The multiple-choice head (pooler, dropout, classifier) on final states
-        ``[D * B * C, T, H]``; returns ``[D * B, C]``."""
-        pooled = model.base_model.pooler(hidden)
+        """The multiple-choice head (pooler, dropout, classifier) on the first-token states
+        ``[D * B * C, 1, H]``; returns ``[D * B, C]``."""
+        pooled = model.base_model.pooler(picked)
         return model.classifier(model.dropout(pooled)).view(-1, batch.num_choices)

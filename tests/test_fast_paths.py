@@ -174,3 +174,25 @@ def test_chunked_draws_match_one_forward(backbone, layers):
         rtol=0,
     )
     assert chunked._draws_per_chunk(method.backbone, batch, chunked._rows(batch), 4, None) == 1
+    method.set_gates(None)  # per-draw factors (BLoB style) are sliced like gates
+    for layer in method.adapters.values():
+        layer.sampled_A = layer.lora_A + 0.3 * torch.randn(4, *layer.lora_A.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            chunked.logits(method.backbone, batch, 4),
+            whole.logits(method.backbone, batch, 4),
+            atol=ATOL,
+            rtol=0,
+        )
+
+
+@pytest.mark.parametrize("mode", ["letter", "choice_loglik"])
+def test_frozen_model_without_adapters_runs_every_block_once(mode):
+    model = tiny_llama(num_layers=2).requires_grad_(False)
+    fast = ChoiceScorer(tiny_tokenizer("left"), mode)
+    slow = ChoiceScorer(fast.tokenizer, mode, reuse_prefix=False)
+    assert fast._prefix(model).start == 2
+    batch = fast.encode(EXAMPLES)
+    torch.testing.assert_close(
+        fast.logits(model, batch, 2), slow.logits(model, batch, 2), atol=ATOL, rtol=0
+    )

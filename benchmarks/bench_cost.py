@@ -1,0 +1,476 @@
+"""Cost of Bayesian sparse LoRA against plain LoRA on the same model, batch and layers.
+
+For each model and each adapter placement (all blocks; the top ``--top-layers`` blocks) one
+backbone copy gets plain LoRA and another Bayesian sparse LoRA (``BayesianLora``, S = 1). After
+``--warmup`` untimed rounds, ``--steps`` rounds are timed, the measurements of a round
+interleaved so that machine load affects every variant alike:
+
+* training step (loss, backward, AdamW) of plain LoRA, of ``BayesianLora`` (frozen prefix
+  cached across steps: warm after the warm-up round) and of ``BayesianLora`` without the frozen
+  prefix (full forward every step);
+* one plain-LoRA forward, an M-draw ``BayesianLora`` prediction (one batched forward, frozen
+  prefix computed once) and M sequential single-draw full forwards.
+
+Peak memory of a method: what building it and two training steps add to the peak (on GPU
+``max_memory_allocated`` above the allocation before; on CPU peak RSS above the RSS before,
+read from /proc after resetting the high-water mark). Prints the timings (median, min, max) and
+the ratios against the targets of issue #4, and writes everything to ``--out`` as JSON::
+
+    python benchmarks/bench_cost.py --models tiny,smollm2 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bslora_pyro.adapter import AdapterConfig
+from bslora_pyro.bayesian_lora import BayesianLora
+from bslora_pyro.data.example import MultipleChoiceExample
+from bslora_pyro.data.prompts import loglik_pairs
+from bslora_pyro.methods.mle import PlainLora
+from bslora_pyro.scoring import ChoiceScorer
+
+MODELS = ("tiny", "minilm", "smollm2")
+WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing".split()
+CHOICE_WORDS = ("red", "blue", "green", "yellow", "black")
+
+# (metric, numerator, denominator, target, direction): "<=" or ">=" of the ratio of medians
+RATIOS = (
+    ("train step / plain LoRA", "train_bayes", "train_plain", 1.10, "<="),
+    ("peak memory / plain LoRA", "mem_bayes", "mem_plain", 1.15, "<="),
+    ("M-draw predict / 1 plain fwd", "predict_bayes", "predict_plain", 3.0, "<="),
+    ("M-draw predict / M seq fwds", "predict_bayes", "predict_sequential", 0.9, "<="),
+    ("train no-prefix / cached", "train_no_prefix", "train_bayes", 4.0, ">="),
+    ("trainable params / plain", "params_bayes", "params_plain", None, ""),
+)
+# the placement each target is stated for in issue #4 (top 4 of 30 blocks: >= 30 blocks)
+TARGET_PLACEMENT = {
+    "M-draw predict / 1 plain fwd": ("top", 30),
+    "M-draw predict / M seq fwds": ("all", 0),
+    "train no-prefix / cached": ("top", 30),
+}
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,minilm,smollm2", help=f"subset of {MODELS}")
+    parser.add_argument("--steps", type=int, default=5, help="timed repetitions")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    parser.add_argument("--batch-size", type=int, default=4, help="questions per batch")
+    parser.add_argument("--seq-len", type=int, default=64, help="longest prompt, tokens")
+    parser.add_argument("--draws", type=int, default=10, help="M, Monte Carlo draws")
+    parser.add_argument("--top-layers", type=int, default=4, help="blocks in the 'top' setting")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA), float32, bfloat16")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench_cost.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    return args
+
+
+def resolve_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return torch.device(device), getattr(torch, dtype)
+
+
+# ---------------------------------------------------------------------------- models and data
+
+
+@dataclass
+class Spec:
+    """A backbone with its tokenizer, scoring mode and adapter targets."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    mode: str
+    targets: list[str]
+    heads: list[str] = field(default_factory=list)
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+
+def load_spec(name: str, device: torch.device, dtype: torch.dtype) -> Spec:
+    """The frozen-to-be backbone ``name`` on ``device``."""
+    if name == "tiny":
+        from bslora_pyro.testing import tiny_llama, tiny_tokenizer
+
+        model = tiny_llama(num_layers=8, hidden=64).to(device=device, dtype=dtype)
+        return Spec(name, model, tiny_tokenizer("left"), "letter", ["q_proj", "v_proj"])
+    from bslora_pyro.backbones import load_backbone
+
+    if name == "minilm":
+        model, tok = load_backbone("minilm", task="multiple_choice", dtype=dtype, device=device)
+        return Spec(name, model, tok, "encoder", ["query", "value"], ["classifier"])
+    model, tok = load_backbone("smollm2-135m", dtype=dtype, device=device)
+    return Spec(name, model, tok, "letter", ["q_proj", "v_proj"])
+
+
+def _prompt(question: str, choices: tuple[str, ...]) -> str:
+    listed = " ".join(f"{letter}. {c}." for letter, c in zip("ABCD", choices, strict=False))
+    return f"Question: {question} Choices: {listed} Answer:"
+
+
+def _question(tokenizer: Any, target: int, index: int) -> str:
+    """A question whose prompt has about ``target`` tokens."""
+    words: list[str] = []
+    while True:
+        words.append(WORDS[(index + len(words)) % len(WORDS)])
+        text = " ".join(words) + "?"
+        if len(tokenizer(_prompt(text, CHOICE_WORDS[:4]))["input_ids"]) >= target:
+            return text
+
+
+def make_examples(tokenizer: Any, batch_size: int, seq_len: int) -> list[MultipleChoiceExample]:
+    """``batch_size`` four-choice questions of mixed lengths up to ``seq_len`` tokens."""
+    out = []
+    for i in range(batch_size):
+        question = _question(tokenizer, max(8, seq_len - 6 * i), i)
+        choices = CHOICE_WORDS[i % 2 : i % 2 + 4]
+        out.append(
+            MultipleChoiceExample(
+                uid=f"bench{i}",
+                question=question,
+                choices=choices,
+                label=i % 4,
+                letter_prompt=_prompt(question, choices),
+                loglik_pairs=tuple(loglik_pairs(question, choices)),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], steps: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each function in ``steps`` rounds (one call of each per round, in turn)
+    after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _proc_kb(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_cpu_peak() -> int:
+    """Return unused heap to the OS, reset the RSS high-water mark, return RSS (kB)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return _proc_kb("VmRSS:")
+
+
+def measure_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """``fn()`` and the memory (MB) it adds to the peak (see the module docstring)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+        result = fn()
+        return result, (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
+    try:
+        baseline = _reset_cpu_peak()
+    except (OSError, KeyError):  # no /proc: the (unresettable) ru_maxrss
+        import resource
+
+        result = fn()
+        return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = fn()
+    return result, (_proc_kb("VmHWM:") - baseline) / 1024
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+# ---------------------------------------------------------------------------- one setting
+
+
+def build_method(spec: Spec, kind: str, layers: str | None, rank: int):
+    """A fresh copy of the backbone with plain or Bayesian LoRA and its own scorer."""
+    backbone = copy.deepcopy(spec.model)
+    scorer = ChoiceScorer(spec.tokenizer, spec.mode, max_length=512)
+    config = AdapterConfig(
+        r=rank,
+        alpha=2.0 * rank,
+        target_modules=list(spec.targets),
+        layers=layers,
+        trainable_modules=list(spec.heads),
+    )
+    if kind == "plain":
+        return PlainLora(backbone, scorer, config)
+    return BayesianLora(backbone, scorer, config)
+
+
+def train_step_fn(method, batch, num_data: int) -> Callable[[], float]:
+    """One optimizer step on ``batch`` (eval-mode backbone: no dropout, same for both)."""
+    groups = [g for g in method.param_groups(1e-4, 1e-2) if g["params"]]
+    optimizer = torch.optim.AdamW(groups)
+    index = torch.arange(batch.num_examples, device=batch.device)
+
+    def step() -> float:
+        terms = method.training_loss(batch, index, num_data, 1, False)
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        optimizer.step()
+        return terms.loss.item()
+
+    return step
+
+
+def without_prefix(method, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with the scorer's frozen-prefix reuse switched off."""
+
+    def run() -> Any:
+        method.scorer.reuse_prefix = False
+        try:
+            return fn()
+        finally:
+            method.scorer.reuse_prefix = True
+
+    return run
+
+
+def sequential_fn(method, batch, draws: int) -> Callable[[], torch.Tensor]:
+    """M single-draw full forwards: what rerunning the model per sample costs."""
+
+    @torch.no_grad()
+    def run() -> torch.Tensor:
+        gates = method.sample_gates(draws)
+        outs = []
+        for d in range(draws):
+            method.set_gates({k: v[d] for k, v in gates.items()})
+            outs.append(method.scorer.logits(method.backbone, batch, 1))
+        return torch.cat(outs)
+
+    return without_prefix(method, run)
+
+
+def trainable_count(method) -> int:
+    params = list(method.factor_parameters().values())
+    if hasattr(method, "gate_parameters"):
+        params += list(method.gate_parameters().values())
+    return sum(p.numel() for p in params)
+
+
+def prepare(spec: Spec, kind: str, layers: str | None, batch_cpu, args, device):
+    """A method with its batch and a training step that has run twice."""
+    torch.manual_seed(args.seed)
+    method = build_method(spec, kind, layers, args.rank)
+    batch = batch_cpu.to(device)
+    step = train_step_fn(method, batch, 1000)
+    step()
+    step()
+    return method, batch, step
+
+
+def memory_mb(spec: Spec, kind: str, layers: str | None, batch_cpu, args, device) -> float:
+    """What building a method and two training steps add to the peak memory (measured after
+    both methods were built once, so one-time process allocations count for neither)."""
+    result, memory = measure_peak(
+        lambda: prepare(spec, kind, layers, batch_cpu, args, device), device
+    )
+    del result
+    gc.collect()
+    return memory
+
+
+def run_setting(spec: Spec, layers: str | None, args, device: torch.device) -> dict[str, Any]:
+    """All measurements for one adapter placement."""
+    examples = make_examples(spec.tokenizer, args.batch_size, args.seq_len)
+    batch_cpu = ChoiceScorer(spec.tokenizer, spec.mode, max_length=512).encode(examples)
+    plain, batch, plain_step = prepare(spec, "plain", layers, batch_cpu, args, device)
+    bayes, _, bayes_step = prepare(spec, "bayes", layers, batch_cpu, args, device)
+    out: dict[str, Any] = {
+        "rows_x_width": list(batch.input_ids.reshape(-1, batch.input_ids.shape[-1]).shape),
+        "tokens": int(batch.attention_mask.sum()),
+        "mem_plain": memory_mb(spec, "plain", layers, batch_cpu, args, device),
+        "mem_bayes": memory_mb(spec, "bayes", layers, batch_cpu, args, device),
+        "params_plain": trainable_count(plain),
+        "params_bayes": trainable_count(bayes),
+    }
+    train = {
+        "train_plain": plain_step,
+        "train_bayes": bayes_step,
+        "train_no_prefix": without_prefix(bayes, bayes_step),
+    }
+    predict = {
+        "predict_plain": lambda: plain.predict_logits(batch),
+        "predict_bayes": lambda: bayes.predict_logits(batch, args.draws),
+        "predict_sequential": sequential_fn(bayes, batch, args.draws),
+    }
+    out.update(time_interleaved(train, args.steps, args.warmup, device))
+    out.update(time_interleaved(predict, args.steps, args.warmup, device))
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def ratio_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for model, settings in results.items():
+        for placement, values in settings.items():
+            for metric, num, den, target, direction in RATIOS:
+                a, b = values.get(num), values.get(den)
+                if a is None or b is None:
+                    continue
+                a = statistics.median(a) if isinstance(a, list) else a
+                b = statistics.median(b) if isinstance(b, list) else b
+                value = a / b if b else float("nan")
+                where, min_blocks = TARGET_PLACEMENT.get(metric, (placement, 0))
+                applies = where == placement and values.get("num_blocks", 0) >= min_blocks
+                met = None
+                if target is not None and applies:
+                    met = value <= target if direction == "<=" else value >= target
+                rows.append(
+                    {
+                        "model": model,
+                        "layers": values.get("blocks", placement),
+                        "metric": metric,
+                        "value": value,
+                        "target": f"{direction} {target}" if met is not None else "",
+                        "met": met,
+                    }
+                )
+    return rows
+
+
+def _timing_lines(model: str, label: str, values: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in values.items():
+        if key.startswith(("train", "predict")):
+            s = {k: v * 1000 for k, v in stats(value).items()}
+            lines.append(
+                f"{model:<8} {label:<8} {key + ' ms':<22} "
+                f"{s['median']:>9.1f} {s['min']:>9.1f} {s['max']:>9.1f}"
+            )
+        elif key.startswith("mem"):
+            lines.append(f"{model:<8} {label:<8} {key + ' MB':<22} {value:>9.1f} {'-':>9} {'-':>9}")
+    return lines
+
+
+def format_tables(results: dict, ratios: list[dict], env: dict[str, Any]) -> str:
+    args = env["args"]
+    lines = [
+        f"device={env['device']} ({env['device_name']}) dtype={env['dtype']} "
+        f"threads={env['threads']} B={args['batch_size']} T<={args['seq_len']} "
+        f"M={args['draws']} r={args['rank']} steps={args['steps']} warmup={args['warmup']}",
+        "",
+        f"{'model':<8} {'layers':<8} {'measure':<22} {'median':>9} {'min':>9} {'max':>9}",
+    ]
+    for model, settings in results.items():
+        for placement, values in settings.items():
+            lines += _timing_lines(model, values.get("blocks", placement), values)
+    lines += ["", "ratios of medians"]
+    lines.append(f"{'model':<8} {'layers':<8} {'metric':<30} {'value':>8} {'target':>8}  met")
+    for row in ratios:
+        met = {None: "", True: "yes", False: "NO"}[row["met"]]
+        line = (
+            f"{row['model']:<8} {row['layers']:<8} {row['metric']:<30} "
+            f"{row['value']:>8.3f} {row['target']:>8}  {met}"
+        )
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def environment(device: torch.device, dtype: torch.dtype, args) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "argv": sys.argv[1:],
+        "args": vars(args),
+        "memory": "max_memory_allocated" if device.type == "cuda" else "peak RSS above baseline",
+    }
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device, dtype = resolve_device(args)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in args.models.split(","):
+        spec = load_spec(name, device, dtype)
+        top = min(args.top_layers, spec.num_blocks - 1)
+        placements = {"all": None, "top": f"-{top}:"}
+        results[name] = {
+            p: run_setting(spec, layers, args, device) for p, layers in placements.items()
+        }
+        for values in results[name].values():
+            values["num_blocks"] = spec.num_blocks
+        results[name]["all"]["blocks"] = f"all{spec.num_blocks}"
+        results[name]["top"]["blocks"] = f"top{top}/{spec.num_blocks}"
+        del spec
+        gc.collect()
+    ratios = ratio_rows(results)
+    env = environment(device, dtype, args)
+    print(format_tables(results, ratios, env))
+    report = {"environment": env, "results": results, "ratios": ratios}
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main(parse_args())
