@@ -34,6 +34,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _short(p) -> float:
+    """A probability to 8 significant digits (exact enough to recompute log losses)."""
+    return float(f"{float(p):.8g}")
+
+
 def write_predictions(run_dir: Path, label: str, uids: list[str], preds: Predictions) -> Path:
     """One JSON line per example: uid, label, mean probabilities and every draw's."""
     folder = run_dir / PREDICTIONS
@@ -44,9 +49,8 @@ def write_predictions(run_dir: Path, label: str, uids: list[str], preds: Predict
         lines.append(json.dumps({
             "uid": uid,
             "label": int(preds.labels[i]),
-            "probs": [round(float(p), 6) for p in preds.probs[i, :width]],
-            "sample_probs": [[round(float(p), 6) for p in s[i, :width]]
-                             for s in preds.sample_probs],
+            "probs": [_short(p) for p in preds.probs[i, :width]],
+            "sample_probs": [[_short(p) for p in s[i, :width]] for s in preds.sample_probs],
         }))
     path = folder / f"{safe_name(label)}.jsonl"
     atomic_write_text(path, "\n".join(lines) + "\n")

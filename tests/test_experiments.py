@@ -1,0 +1,112 @@
+"""End to end on a tiny model: bslora grid / train / evaluate / compare and the run directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_run import CONFIG, save_tiny_model, write_arc
+
+from bslora_pyro import metrics as M
+from bslora_pyro.cli import main
+from bslora_pyro.experiment import rundir
+from bslora_pyro.experiment.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    model = save_tiny_model(tmp / "model")
+    data = write_arc(tmp / "data", n=16)
+    out = tmp / "runs"
+    code = main(["grid", str(CONFIG), "--out", str(out), "--methods", "zero_shot,mle,bslora",
+                 "--seeds", "0,1", "--quiet", "--data-dir", str(data),
+                 "--set", f"model.name={model}"])
+    assert code == 0
+    return out, model, data
+
+
+def test_run_directory_holds_what_the_issue_lists(grid_dir):
+    out, _, _ = grid_dir
+    run = out / "bslora" / "seed0"
+    for name in ("config.yaml", "metrics.json", "train_log.jsonl", "gate_history.jsonl",
+                 "reliability.png", "report.md"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    first, shift = metrics["arc_easy:dev"], metrics["arc_challenge:dev"]
+    for key in ("acc", "ece", "nll", "brier", "n", "num_samples", "aurc"):
+        assert key in first
+    assert "ood_auroc_entropy" in shift and "ood_auroc_mi" in shift
+    assert first["num_samples"] == 3
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert "reliability.png" in (run / "report.md").read_text()
+
+
+def test_predictions_file_reproduces_the_metrics(grid_dir):
+    out, _, _ = grid_dir
+    run = out / "bslora" / "seed1"
+    metrics = json.loads((run / "metrics.json").read_text())["arc_easy:dev"]
+    preds = rundir.read_predictions(run / "predictions" / "arc_easy__dev.jsonl")
+    assert preds.sample_probs.shape[0] == 3
+    recomputed = M.summarize(preds.probs.numpy(), preds.labels.numpy())
+    for key in ("acc", "ece", "nll", "brier"):
+        assert recomputed[key] == pytest.approx(metrics[key], abs=1e-4)
+
+
+def test_same_seed_same_data_order_and_different_seeds_differ(grid_dir):
+    out, _, _ = grid_dir
+    a = (out / "mle" / "seed0" / "predictions" / "arc_easy__dev.jsonl").read_text()
+    b = (out / "mle" / "seed1" / "predictions" / "arc_easy__dev.jsonl").read_text()
+    assert a != b
+
+
+def test_compare_table_pools_seeds(grid_dir, capsys, tmp_path):
+    out, _, _ = grid_dir
+    table = (out / "comparison.md").read_text()
+    assert "tiny/bslora" in table and "±" in table and "**" in table
+    runs = [str(p) for p in sorted(out.glob("*/seed*"))]
+    assert main(["compare", *runs, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "comparison.csv").read_text().count("tiny/mle") == 8  # 2 sets x 4 metrics
+
+
+def test_evaluate_adds_a_shift_set(grid_dir, capsys):
+    out, _, data = grid_dir
+    run = out / "bslora" / "seed0"
+    before = json.loads((run / "metrics.json").read_text())
+    assert main(["evaluate", str(run), "--task", "arc_challenge", "--split", "dev",
+                 "--limit", "5", "--data-dir", str(data), "--quiet", "--num-samples", "2"]) == 0
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["arc_challenge:dev"]["n"] == 5 and after["arc_challenge:dev"]["num_samples"] == 2
+    assert after["arc_easy:dev"] == before["arc_easy:dev"]
+    assert "ood_auroc_mi" in after["arc_challenge:dev"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments" / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(name):
+    config = load_config(ROOT / "experiments" / "configs" / f"{name}.yaml")
+    assert config.data.eval
+
+
+def test_paper_grid_builds_every_task_config():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import paper_grid
+
+    base = load_config(ROOT / "experiments" / "configs" / "paper_llama31_8b.yaml")
+    for task in paper_grid.IN_DISTRIBUTION:
+        config = paper_grid.task_config(base, task)
+        assert config.data.train.task == task
+    obqa = paper_grid.task_config(base, "openbookqa")
+    assert [e.task for e in obqa.data.eval][1:] == [t for t, _ in paper_grid.SHIFT]
+
+
+def test_help_on_every_command(capsys):
+    for command in ("train", "evaluate", "compare", "grid", "analyze"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: bslora" in capsys.readouterr().out
