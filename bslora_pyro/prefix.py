@@ -295,14 +295,17 @@ class FrozenPrefix:
         self.start = start
 
     @classmethod
-    def build(cls, model: nn.Module) -> FrozenPrefix | None:
+    def build(cls, model: nn.Module, max_start: int | None = None) -> FrozenPrefix | None:
         """A prefix for ``model``, or ``None`` when reuse would not be exact or would not help
         (unsupported architecture, adapter in block 0, active dropout below the adapters).
-        Under autograd, parameters that require grad count like adapters."""
+        Under autograd, parameters that require grad count like adapters. ``max_start`` caps
+        the split so that runs with and without adapters share cached states."""
         stack = find_stack(model)
         if stack is None:
             return None
         start = first_adapted_block(stack, trainable=torch.is_grad_enabled())
+        if max_start is not None:
+            start = min(start, max_start)
         if start == 0:
             return None
         lower = [*stack.embed_modules(), *stack.layers[:start]]
@@ -414,6 +417,16 @@ class PrefixCache:
             self.budget_bytes / 2**20,
             self.budget_bytes // max(1, per_token),
         )
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """Identifies a base model's frozen weights cheaply: class, source and a checksum of the
+    first embedding rows. Fresh loads of the same checkpoint share it (and their cache)."""
+    config = getattr(model, "config", None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    checksum = None if weight is None else float(weight[:8].detach().double().sum())
+    return (type(model).__name__, getattr(config, "_name_or_path", None), checksum)
 
 
 def _nbytes(t: Tensor) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import weakref
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from bslora_pyro.prefix import (
     PrefixCache,
     Rows,
     lower_with_cache,
+    model_fingerprint,
 )
 
 MODES = ("letter", "choice_loglik", "encoder")
@@ -303,8 +303,11 @@ class ChoiceScorer:
     Args:
         reuse_prefix: run the frozen blocks below the lowest adapter once per batch (falls back
             to the full forward where that would not be exact, see :class:`FrozenPrefix`).
-        prefix_cache_mb: budget of the cross-step cache of block-``k`` states used under
-            autograd (training); 0 disables it.
+        prefix_cache_mb: budget of the cache of block-``k`` states kept across steps, runs
+            and evaluation passes (keyed by example uid, checked against the tokens and the
+            base model's weights); 0 disables it.
+        prefix_start: the highest block at which the frozen prefix may end. Runs on the same
+            base with different adapters (or none, zero-shot) then cache the same states.
         prefix_cache_device: where cached states live (CPU RAM by default).
         draw_chunk_mb: estimated activation budget of one forward; draws beyond it run in
             further chunks. ``"auto"``: 64 MB on CPU (small chunks stay in cache and measure
@@ -320,6 +323,7 @@ class ChoiceScorer:
         prefix_cache_mb: float = 1024.0,
         prefix_cache_device: str = "cpu",
         draw_chunk_mb: float | str | None = "auto",
+        prefix_start: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
@@ -335,7 +339,8 @@ class ChoiceScorer:
         self.prefix_cache = (
             PrefixCache(prefix_cache_mb, prefix_cache_device) if prefix_cache_mb > 0 else None
         )
-        self._cache_owner: tuple[weakref.ref, int] | None = None
+        self._cache_owner: tuple[tuple, int] | None = None
+        self.prefix_start = prefix_start
 
     def __repr__(self) -> str:
         return f"ChoiceScorer(mode={self.mode!r}, max_length={self.max_length})"
@@ -586,7 +591,7 @@ class ChoiceScorer:
 
     def _prefix(self, model: Any) -> FrozenPrefix | None:
         """The frozen prefix of ``model`` when it fits this mode's head, else ``None``."""
-        prefix = FrozenPrefix.build(model)
+        prefix = FrozenPrefix.build(model, max_start=self.prefix_start)
         if prefix is None:
             return None
         if self.mode == "encoder":
@@ -619,16 +624,16 @@ class ChoiceScorer:
     def _lower(
         self, model: Any, prefix: FrozenPrefix, rows: Rows, context: dict, batch: EncodedBatch
     ) -> Tensor:
-        """Block-``k`` states, through the cross-step cache under autograd when exact."""
+        """Block-``k`` states, through the cache when exact (padding-independent rows)."""
         cache = self.prefix_cache
         keys = self._row_keys(batch, rows.num_rows)
-        usable = cache is not None and keys is not None and torch.is_grad_enabled()
+        usable = cache is not None and keys is not None
         if not usable or not prefix.stack.padding_independent(rows):
             return prefix.lower(rows, context)
-        owner = self._cache_owner
-        if owner is None or owner[0]() is not model or owner[1] != prefix.start:
+        owner = (model_fingerprint(model), prefix.start)
+        if owner != self._cache_owner:
             cache.clear()
-            self._cache_owner = (weakref.ref(model), prefix.start)
+            self._cache_owner = owner
         return lower_with_cache(prefix, rows, context, keys, cache)
 
     def _draws_per_chunk(

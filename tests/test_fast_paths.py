@@ -196,3 +196,37 @@ def test_frozen_model_without_adapters_runs_every_block_once(mode):
     torch.testing.assert_close(
         fast.logits(model, batch, 2), slow.logits(model, batch, 2), atol=ATOL, rtol=0
     )
+
+
+def test_cache_is_shared_by_fresh_loads_of_the_same_base_and_not_across_bases(monkeypatch):
+    """Grid runs load the base once per method: states cached by one run serve the next
+    (same weights), including a zero-shot run capped at the same block, but never a run on
+    different weights."""
+    computed: list[int] = []
+    original = FrozenPrefix.lower
+
+    def counting_lower(self, rows, context=None):
+        computed.append(rows.num_rows)
+        return original(self, rows, context)
+
+    monkeypatch.setattr(FrozenPrefix, "lower", counting_lower)
+    scorer = ChoiceScorer(tiny_tokenizer("left"), "choice_loglik", prefix_start=2)
+    batch = scorer.encode(EXAMPLES)
+    first = build("llama", "2:", "choice_loglik", scorer=scorer)
+    with torch.no_grad():
+        first.scorer.logits(first.backbone, batch, 1)
+    assert sum(computed) > 0
+    computed.clear()
+    # a fresh copy of the same base without any adapter (zero-shot), capped at block 2
+    zero_shot = tiny_llama(num_layers=4, seed=0)
+    with torch.no_grad():
+        cached = scorer.logits(zero_shot, batch, 1)
+    assert sum(computed) == 0
+    plain = ChoiceScorer(tiny_tokenizer("left"), "choice_loglik", reuse_prefix=False)
+    with torch.no_grad():
+        expected = plain.logits(tiny_llama(num_layers=4, seed=0), plain.encode(EXAMPLES), 1)
+    torch.testing.assert_close(cached, expected, rtol=0, atol=ATOL)
+    # other weights: nothing is served from the cache
+    with torch.no_grad():
+        scorer.logits(tiny_llama(num_layers=4, seed=1), batch, 1)
+    assert sum(computed) > 0

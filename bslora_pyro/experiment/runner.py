@@ -52,8 +52,17 @@ def build_scorer_and_backbone(config: ExperimentConfig):
         device=resolve_device(config.model.device),
         quantization=config.model.quantization,
     )
-    scorer = ChoiceScorer(tokenizer, config.model.scoring, max_length=config.model.max_length)
+    scorer = ChoiceScorer(tokenizer, config.model.scoring, max_length=config.model.max_length,
+                          prefix_start=lowest_adapted_block(config, backbone))
     return backbone, scorer
+
+
+def lowest_adapted_block(config: ExperimentConfig, backbone) -> int | None:
+    """The lowest block the config adapts (``None``: all), where the frozen prefix ends."""
+    from bslora_pyro.adapter.inject import num_blocks, resolve_layers
+
+    blocks = resolve_layers(config.adapter.layers, num_blocks(backbone))
+    return None if blocks is None else min(blocks)
 
 
 def build_method(config: ExperimentConfig, backbone, scorer):
