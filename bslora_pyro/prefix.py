@@ -8,6 +8,10 @@ the last block's feed-forward part runs only at the positions the head reads. :c
 keeps the layer-``k`` states of each row's real tokens across training steps, bounded by a
 budget in MB.
 
+:class:`PackedRows` packs the choice rows of a question into one row (the tokens they share
+once, then each choice's own tokens) with a block mask that keeps every hidden state exact; the
+blocks then run on far fewer tokens (``choice_loglik`` scoring, Llama stacks).
+
 Supported stacks: Llama-family decoders (rotary embeddings, causal + padding mask built with
 transformers' own mask utilities) and BERT encoders (bidirectional padding mask). Anything else,
 an adapter (or forward hook) in block 0, or an active dropout below the first adapted block
@@ -44,6 +48,7 @@ class Rows:
     attention_mask: Tensor
     position_ids: Tensor | None = None
     token_type_ids: Tensor | None = None
+    visible: Tensor | None = None  # [R, T, T] bool: key j visible from query i (packed rows)
 
     @property
     def num_rows(self) -> int:
@@ -57,6 +62,7 @@ class Rows:
             pick(self.attention_mask),
             pick(self.position_ids),
             pick(self.token_type_ids),
+            pick(self.visible),
         )
 
     def signatures(self) -> list[Tensor]:
@@ -146,18 +152,29 @@ class LlamaStack(Stack):
         positions = rows.position_ids
         if positions is None:
             positions = torch.arange(shape[1], device=device).unsqueeze(0)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=probe,
-            attention_mask=rows.attention_mask,
-            cache=None,
-            position_ids=positions,
-        )
+        if rows.visible is not None:
+            mask = self._block_mask(rows.visible, dtype)
+        else:
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=probe,
+                attention_mask=rows.attention_mask,
+                cache=None,
+                position_ids=positions,
+            )
         return {
             "attention_mask": mask,
             "position_embeddings": self.body.rotary_emb(probe, position_ids=positions),
             "position_ids": positions,
         }
+
+    def _block_mask(self, visible: Tensor, dtype: torch.dtype) -> Tensor:
+        """``[R, 1, T, T]`` mask of ``visible``: boolean for SDPA, additive for eager."""
+        mask = visible.unsqueeze(1)
+        if self.config._attn_implementation == "sdpa":
+            return mask
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return additive.masked_fill(~mask, torch.finfo(dtype).min)
 
     def block(self, index: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
         out = self.layers[index](hidden, **context)
@@ -198,6 +215,8 @@ class BertStack(Stack):
     def context(self, rows: Rows, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         from transformers.masking_utils import create_bidirectional_mask
 
+        if rows.visible is not None:
+            raise ValueError("BERT stacks do not run packed rows")
         probe = torch.empty((*rows.input_ids.shape, 1), dtype=dtype, device=device)
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=probe, attention_mask=rows.attention_mask
@@ -295,18 +314,23 @@ class FrozenPrefix:
         self.start = start
 
     @classmethod
-    def build(cls, model: nn.Module, max_start: int | None = None) -> FrozenPrefix | None:
+    def build(
+        cls, model: nn.Module, max_start: int | None = None, allow_empty: bool = False
+    ) -> FrozenPrefix | None:
         """A prefix for ``model``, or ``None`` when reuse would not be exact or would not help
         (unsupported architecture, adapter in block 0, active dropout below the adapters).
         Under autograd, parameters that require grad count like adapters. ``max_start`` caps
-        the split so that runs with and without adapters share cached states."""
+        the split so that runs with and without adapters share cached states. With
+        ``allow_empty`` an adapter in block 0 gives an empty prefix (``start == 0``: only the
+        embeddings, run under autograd) unless the embeddings hold an adapter or a hook."""
         stack = find_stack(model)
         if stack is None:
             return None
         start = first_adapted_block(stack, trainable=torch.is_grad_enabled())
         if max_start is not None:
             start = min(start, max_start)
-        if start == 0:
+        plain_embeddings = not any(_needs_block(m, False) for m in stack.embed_modules())
+        if start == 0 and not (allow_empty and plain_embeddings):
             return None
         lower = [*stack.embed_modules(), *stack.layers[:start]]
         if any(_stochastic(m) for m in lower):
@@ -320,13 +344,16 @@ class FrozenPrefix:
     def context(self, rows: Rows) -> dict[str, Any]:
         return self.stack.context(rows, self.stack.dtype, rows.input_ids.device)
 
-    @torch.no_grad()
     def lower(self, rows: Rows, context: dict[str, Any] | None = None) -> Tensor:
-        """Hidden states ``[R, T, H]`` entering block ``start``."""
+        """Hidden states ``[R, T, H]`` entering block ``start`` (without autograd, except for
+        an empty prefix: its embeddings may be trained)."""
+        if self.start == 0:
+            return self.stack.embed(rows)
         context = self.context(rows) if context is None else context
-        hidden = self.stack.embed(rows)
-        for index in range(self.start):
-            hidden = self.stack.block(index, hidden, context)
+        with torch.no_grad():
+            hidden = self.stack.embed(rows)
+            for index in range(self.start):
+                hidden = self.stack.block(index, hidden, context)
         return hidden
 
     def upper(
@@ -348,6 +375,183 @@ class FrozenPrefix:
                 return self.stack.finish(self.stack.last_block(index, hidden, context, select))
             hidden = self.stack.block(index, hidden, context)
         return self.stack.finish(hidden if select is None else select(hidden))
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+PACK_GAIN = 0.9  # pack only when the packed rows hold at most this share of the tokens
+
+
+@dataclass
+class PackedRows:
+    """The ``C`` rows of each question packed into one row of width ``L``.
+
+    A packed row holds the tokens its question's rows share (their longest common prefix, up
+    to the first scored position) once, left-padded to ``shared_width``, then one segment of
+    ``segment_width`` per row (choice) with the rest of that row, right-padded. ``visible``
+    (in :attr:`rows`) lets a segment's tokens see the shared tokens and, causally, their own
+    segment; positions continue from the shared prefix. Every real token thus gets the hidden
+    state it has in its own row. Rows that are not real (missing choices) share nothing.
+    """
+
+    rows: Rows
+    num_choices: int
+    shared_width: int
+    segment_width: int
+    cut: Tensor  # [R]: the column of each unpacked row where its own segment starts
+    gather_index: Tensor  # [Q, L]: flat index into the [R * T] unpacked tokens
+    scatter_index: Tensor  # [R, T]: flat index into the [Q * L] packed tokens
+
+    @property
+    def width(self) -> int:
+        return self.shared_width + self.num_choices * self.segment_width
+
+    def pack(self, full: Tensor) -> Tensor:
+        """``[R, T, ...]`` per-token values of the unpacked rows as ``[Q, L, ...]``."""
+        return full.reshape(-1, *full.shape[2:])[self.gather_index]
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """``[Q, L, ...]`` packed values as ``[R, T, ...]`` (padding positions arbitrary)."""
+        return packed.reshape(-1, *packed.shape[2:])[self.scatter_index]
+
+    def columns(self, positions: Tensor) -> Tensor:
+        """Packed columns ``[Q, C * K]`` of unpacked columns ``[R, K]`` at or after each row's
+        cut (other entries are clamped into the row's segment)."""
+        num_rows, k = positions.shape
+        offset = (positions - self.cut[:, None]).clamp(0, self.segment_width - 1)
+        choice = torch.arange(num_rows, device=positions.device) % self.num_choices
+        first = self.shared_width + choice * self.segment_width
+        return (first[:, None] + offset).reshape(-1, self.num_choices * k)
+
+
+@dataclass
+class _Layout:
+    """Where the tokens of ``R = Q * C`` unpacked rows ``[R, T]`` go when packed."""
+
+    start: Tensor  # [R] first real column
+    lengths: Tensor  # [R] real tokens
+    shared: Tensor  # [Q] shared prefix length
+    own: Tensor  # [R] tokens of the row in the shared part (0 for rows that are not real)
+    num_choices: int
+    width: int  # T
+
+    @property
+    def cut(self) -> Tensor:
+        return self.start + self.own
+
+    @property
+    def shared_width(self) -> int:
+        return int(self.shared.max())
+
+    @property
+    def segment_width(self) -> int:
+        return int((self.lengths - self.own).max())
+
+    @property
+    def packed_width(self) -> int:
+        return self.shared_width + self.num_choices * self.segment_width
+
+
+def pack_rows(
+    rows: Rows, num_choices: int, limit: Tensor, real: Tensor, gain: float = PACK_GAIN
+) -> PackedRows | None:
+    """Pack ``rows`` ``[Q * C, T]`` (row ``question * C + choice``, contiguous real tokens,
+    explicit positions) question by question. A row's shared prefix ends at or before column
+    ``limit`` ``[R]`` (its first scored position, which thus stays in its own segment); rows
+    where ``real`` ``[R]`` is False share nothing. ``None`` when the rows cannot be packed or
+    the packed rows would hold more than ``gain`` of the tokens."""
+    layout = _layout(rows, num_choices, limit, real)
+    if layout is None or layout.shared.numel() * layout.packed_width > gain * layout.width * (
+        rows.num_rows
+    ):
+        return None
+    gather, valid, segment = _gather(layout)
+    positions = rows.position_ids.reshape(-1)[gather]
+    segment_real = real.view(-1, num_choices).repeat_interleave(layout.segment_width, dim=1)
+    sees_shared = torch.cat([torch.ones_like(valid[:, : layout.shared_width]), segment_real], 1)
+    packed = Rows(
+        input_ids=rows.input_ids.reshape(-1)[gather],
+        attention_mask=valid.long(),
+        position_ids=positions,
+        visible=_visible(valid, segment, positions, sees_shared),
+    )
+    return PackedRows(
+        packed,
+        num_choices,
+        layout.shared_width,
+        layout.segment_width,
+        layout.cut,
+        gather,
+        _scatter(rows.attention_mask.bool(), layout),
+    )
+
+
+def _layout(rows: Rows, num_choices: int, limit: Tensor, real: Tensor) -> _Layout | None:
+    if rows.position_ids is None or rows.num_rows % num_choices or rows.num_rows == 0:
+        return None
+    mask = rows.attention_mask.bool()
+    width = mask.shape[1]
+    cols = torch.arange(width, device=mask.device)
+    lengths = mask.sum(1)
+    start = mask.long().argmax(1)
+    if not torch.equal(mask, (cols >= start[:, None]) & (cols < (start + lengths)[:, None])):
+        return None
+    # per question, the prefix every real row shares with its first row (choice 0 is real)
+    aligned = rows.input_ids.gather(1, (start[:, None] + cols).clamp(max=width - 1))
+    inside = (cols < lengths[:, None]).view(-1, num_choices, width)
+    aligned = aligned.view(-1, num_choices, width)
+    same = (aligned == aligned[:, :1]) & inside & inside[:, :1]
+    common = torch.minimum(same.long().cumprod(-1).sum(-1).view(-1), limit - start)
+    shared = torch.where(real, common, width).view(-1, num_choices).min(1).values
+    own = torch.where(real, shared.repeat_interleave(num_choices), 0)
+    return _Layout(start, lengths, shared, own, num_choices, width)
+
+
+def _gather(layout: _Layout) -> tuple[Tensor, Tensor, Tensor]:
+    """Per packed position ``[Q, L]``: the flat unpacked index, whether it is a real token,
+    its segment (0: shared tokens, ``c + 1``: choice ``c``)."""
+    device, width, choices = layout.start.device, layout.width, layout.num_choices
+    num_questions, shared_width = layout.shared.numel(), layout.shared_width
+    segment_width = layout.segment_width
+    first = torch.arange(num_questions, device=device) * choices
+    offset = torch.arange(shared_width, device=device) - (shared_width - layout.shared[:, None])
+    shared_index = first[:, None] * width + (layout.start[first, None] + offset).clamp(min=0)
+    steps = torch.arange(segment_width, device=device)
+    own_index = (layout.cut[:, None] + steps).clamp(max=width - 1)
+    own_index = own_index + torch.arange(len(layout.start), device=device)[:, None] * width
+    own_valid = steps < (layout.lengths - layout.own)[:, None]
+    gather = torch.cat([shared_index, own_index.view(num_questions, -1)], 1)
+    valid = torch.cat([offset >= 0, own_valid.view(num_questions, -1)], 1)
+    choice = torch.arange(1, choices + 1, device=device).repeat_interleave(segment_width)
+    segment = torch.cat([choice.new_zeros(shared_width), choice])
+    return gather, valid, segment.expand(num_questions, -1)
+
+
+def _visible(valid: Tensor, segment: Tensor, positions: Tensor, sees_shared: Tensor) -> Tensor:
+    """``[Q, L, L]``: query ``i`` sees real key ``j`` of its own segment or of the shared
+    tokens (where its segment shares them) at a position up to its own; every position sees
+    itself, so no query row is empty."""
+    own = segment[:, :, None] == segment[:, None, :]
+    shared_key = (segment == 0)[:, None, :] & sees_shared[:, :, None]
+    causal = positions[:, None, :] <= positions[:, :, None]
+    visible = valid[:, None, :] & (own | shared_key) & causal
+    return visible | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
+
+
+def _scatter(mask: Tensor, layout: _Layout) -> Tensor:
+    """Per unpacked position ``[R, T]``: the flat packed index (0 for padding)."""
+    device, choices = mask.device, layout.num_choices
+    rows = torch.arange(mask.shape[0], device=device)
+    question, choice = rows // choices, rows % choices
+    cols = torch.arange(layout.width, device=device)
+    offset = cols - layout.start[:, None]
+    in_shared = offset < layout.own[:, None]
+    shared_col = layout.shared_width - layout.shared[question, None] + offset
+    own_col = layout.shared_width + choice[:, None] * layout.segment_width
+    own_col = own_col + (cols - layout.cut[:, None])
+    packed_col = torch.where(in_shared, shared_col, own_col)
+    return torch.where(mask, question[:, None] * layout.packed_width + packed_col, 0)
 
 
 # ---------------------------------------------------------------------------- cache
@@ -454,19 +658,52 @@ def lower_with_cache(
     return hidden
 
 
+def packed_lower_with_cache(
+    prefix: FrozenPrefix,
+    rows: Rows,
+    packed: PackedRows,
+    context: dict[str, Any],
+    keys: Sequence[Hashable],
+    cache: PrefixCache,
+) -> Tensor:
+    """Packed block-``start`` states ``[Q, L, H]`` of the unpacked ``rows``: questions whose
+    rows are all cached are packed from the cache, the others are computed packed (``context``
+    is the packed rows' block context) and their missing rows stored."""
+    signatures = rows.signatures()
+    hits = [cache.get(key, sig) for key, sig in zip(keys, signatures, strict=True)]
+    missing = [r for r, hit in enumerate(hits) if hit is None]
+    if len(missing) < len(hits):
+        hidden = packed.pack(_served(rows, hits))
+    if missing:
+        questions = sorted({r // packed.num_choices for r in missing})
+        if len(questions) == packed.rows.num_rows:
+            hidden = prefix.lower(packed.rows, context)
+        else:
+            index = torch.tensor(questions, device=hidden.device)
+            hidden[index] = prefix.lower(packed.rows.select(index)).to(hidden.dtype)
+        if not cache.full:
+            items = [(r, keys[r], signatures[r]) for r in missing]
+            _store(cache, rows, packed.unpack(hidden), items)
+    return hidden
+
+
+def _served(rows: Rows, hits: list[Tensor | None]) -> Tensor:
+    """``[R, T, H]`` with the cached rows filled in (zeros elsewhere)."""
+    mask = rows.attention_mask.bool()
+    served = [h for h in hits if h is not None]
+    hidden = served[0].new_zeros((*mask.shape, served[0].shape[-1]), device=mask.device)
+    hit = torch.tensor([h is not None for h in hits], device=mask.device)
+    hidden[mask & hit[:, None]] = torch.cat(served).to(mask.device, non_blocking=True)
+    return hidden
+
+
 def _assemble(
     prefix: FrozenPrefix, rows: Rows, hits: list[Tensor | None], missing: list[int]
 ) -> Tensor:
-    mask = rows.attention_mask.bool()
-    served = [h for h in hits if h is not None]
-    width = served[0].shape[-1]
-    hidden = served[0].new_zeros((*mask.shape, width), device=mask.device)
-    hit_mask = mask.clone()
+    hidden = _served(rows, hits)
     if missing:
-        index = torch.tensor(missing, device=mask.device)
-        hit_mask[index] = False
+        index = torch.tensor(missing, device=hidden.device)
         hidden[index] = prefix.lower(rows.select(index)).to(hidden.dtype)
-    hidden[hit_mask] = torch.cat(served).to(mask.device, non_blocking=True)
     return hidden
 
 

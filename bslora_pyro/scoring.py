@@ -18,8 +18,11 @@ m, ...)[d]`` is draw ``d``'s copy); inside a draw rows follow the questions, and
 Fast paths (same logits, see ``tests/test_fast_paths.py``): when every adapter sits in blocks
 ``>= k`` of a supported stack (Llama family, BERT), the blocks below ``k`` run once per batch
 without autograd and only the top runs per draw (:mod:`bslora_pyro.prefix`); under autograd the
-block-``k`` states are cached across steps by example uid within ``prefix_cache_mb``. Draws are
-split into chunks whose estimated activation memory fits ``draw_chunk_mb``.
+block-``k`` states are cached across steps by example uid within ``prefix_cache_mb``. In
+``choice_loglik`` mode on Llama stacks the rows of a question are packed into one
+(:class:`~bslora_pyro.prefix.PackedRows`): the context the choices share runs once per question
+and draw, each choice's continuation attends to it. Draws are split into chunks whose estimated
+activation memory fits ``draw_chunk_mb``.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ from bslora_pyro.prefix import (
     BertStack,
     FrozenPrefix,
     LlamaStack,
+    PackedRows,
     PrefixCache,
     Rows,
     lower_with_cache,
     model_fingerprint,
+    pack_rows,
+    packed_lower_with_cache,
 )
 
 MODES = ("letter", "choice_loglik", "encoder")
@@ -287,6 +293,19 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, total - start)
 
 
+@dataclass
+class _Plan:
+    """How a batch runs: without a prefix (``None``: the plain forward) or from the
+    block-``start`` states ``lower`` of ``rows`` (the packed rows when ``packed`` is set) and
+    their block ``context``."""
+
+    prefix: FrozenPrefix | None
+    rows: Rows
+    context: dict[str, Any] | None = None
+    lower: Tensor | None = None
+    packed: PackedRows | None = None
+
+
 def _repeat(t: Tensor | None, num_draws: int) -> Tensor | None:
     """Draw-major replication along the leading dimension."""
     if t is None or num_draws == 1:
@@ -309,6 +328,9 @@ class ChoiceScorer:
         prefix_start: the highest block at which the frozen prefix may end. Runs on the same
             base with different adapters (or none, zero-shot) then cache the same states.
         prefix_cache_device: where cached states live (CPU RAM by default).
+        share_context: in ``choice_loglik`` mode with ``reuse_prefix`` on a Llama stack, pack
+            the rows of each question so that the context its choices share runs once (per
+            draw); the adapted blocks may then start at block 0.
         draw_chunk_mb: estimated activation budget of one forward; draws beyond it run in
             further chunks. ``"auto"``: 64 MB on CPU (small chunks stay in cache and measure
             fastest there), 4096 MB on accelerators; ``None``: all draws in one forward.
@@ -324,6 +346,7 @@ class ChoiceScorer:
         prefix_cache_device: str = "cpu",
         draw_chunk_mb: float | str | None = "auto",
         prefix_start: int | None = None,
+        share_context: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
@@ -341,6 +364,7 @@ class ChoiceScorer:
         )
         self._cache_owner: tuple[tuple, int] | None = None
         self.prefix_start = prefix_start
+        self.share_context = share_context
 
     def __repr__(self) -> str:
         return f"ChoiceScorer(mode={self.mode!r}, max_length={self.max_length})"
@@ -543,23 +567,21 @@ class ChoiceScorer:
 
     def _scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         """Per-row scores of all draws, draw-major, computed chunk by chunk."""
-        prefix = self._prefix(model) if self.reuse_prefix else None
-        rows = self._rows(batch)
-        if prefix is not None:
-            context = prefix.context(rows)
-            lower = self._lower(model, prefix, rows, context, batch)
-        per_chunk = self._draws_per_chunk(model, batch, rows, num_draws, prefix)
+        plan = self._plan(model, batch)
+        per_chunk = self._draws_per_chunk(model, batch, plan.rows, num_draws, plan.prefix)
         layers = _gated_layers(model) if per_chunk < num_draws else []
         parts = []
         for start, count in _chunks(num_draws, per_chunk):
             with _draw_slice(layers, num_draws, start, count):
-                if prefix is None:
-                    parts.append(self._full_scores(model, batch, count))
-                else:
-                    select = lambda h, n=count: self._pick(batch, h, n)  # noqa: E731
-                    picked = prefix.upper(lower, context, count, select)
-                    parts.append(self._head(model, batch, picked, count))
+                parts.append(self._chunk_scores(model, batch, plan, count))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _chunk_scores(self, model: Any, batch: EncodedBatch, plan: _Plan, num_draws: int):
+        if plan.prefix is None:
+            return self._full_scores(model, batch, num_draws)
+        select = lambda h: self._pick(batch, h, num_draws, plan.packed)  # noqa: E731
+        picked = plan.prefix.upper(plan.lower, plan.context, num_draws, select)
+        return self._head(model, batch, picked, num_draws)
 
     def _full_scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         if self.mode == "encoder":
@@ -567,17 +589,25 @@ class ChoiceScorer:
         hidden = self._hidden_states(model, batch, num_draws)
         return self._head(model, batch, self._pick(batch, hidden, num_draws), num_draws)
 
-    def _pick(self, batch: EncodedBatch, hidden: Tensor, num_draws: int) -> Tensor:
+    def _pick(
+        self, batch: EncodedBatch, hidden: Tensor, num_draws: int, packed: PackedRows | None = None
+    ) -> Tensor:
         """The states ``[D * R, P, H]`` the head reads: the last real position (letter), the
-        positions predicting continuation tokens (choice_loglik) or the first (encoder)."""
+        positions predicting continuation tokens (choice_loglik; from ``[D * Q, L, H]`` when
+        ``packed``) or the first (encoder)."""
         if self.mode == "encoder":
             return hidden[:, :1]
         if self.mode == "letter":
             positions = _repeat(batch.last_positions, num_draws).unsqueeze(-1)  # [D * B, 1]
+        elif packed is not None:
+            positions = _repeat(packed.columns(batch.target_positions), num_draws)  # [D*Q, C*K]
         else:
             positions = _repeat(batch.target_positions, num_draws)  # [D * R, K]
         index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        return hidden.gather(1, index)
+        picked = hidden.gather(1, index)
+        if packed is None:
+            return picked
+        return picked.reshape(-1, batch.target_positions.shape[-1], hidden.shape[-1])
 
     def _head(self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int) -> Tensor:
         head = {
@@ -589,9 +619,33 @@ class ChoiceScorer:
 
     # ------------------------------------------------------------------ fast paths
 
-    def _prefix(self, model: Any) -> FrozenPrefix | None:
-        """The frozen prefix of ``model`` when it fits this mode's head, else ``None``."""
-        prefix = FrozenPrefix.build(model, max_start=self.prefix_start)
+    def _plan(self, model: Any, batch: EncodedBatch) -> _Plan:
+        """The prefix, rows and block-``start`` states a batch runs from."""
+        rows = self._rows(batch)
+        if not self.reuse_prefix:
+            return _Plan(None, rows)
+        packed = self._pack(batch, rows)
+        prefix = self._prefix(model, allow_empty=packed is not None)
+        if prefix is None:
+            return _Plan(None, rows)
+        if packed is None:
+            context = prefix.context(rows)
+            return _Plan(prefix, rows, context, self._lower(model, prefix, rows, context, batch))
+        context = prefix.context(packed.rows)
+        lower = self._lower_packed(model, prefix, rows, packed, context, batch)
+        return _Plan(prefix, packed.rows, context, lower, packed)
+
+    def _pack(self, batch: EncodedBatch, rows: Rows) -> PackedRows | None:
+        """The question-packed rows of a ``choice_loglik`` batch, when sharing pays."""
+        if self.mode != "choice_loglik" or not self.share_context:
+            return None
+        limit = batch.target_positions[:, 0]
+        return pack_rows(rows, batch.num_choices, limit, batch.choice_mask.reshape(-1))
+
+    def _prefix(self, model: Any, allow_empty: bool = False) -> FrozenPrefix | None:
+        """The frozen prefix of ``model`` when it fits this mode's head, else ``None``
+        (``allow_empty``: see :meth:`FrozenPrefix.build`)."""
+        prefix = FrozenPrefix.build(model, max_start=self.prefix_start, allow_empty=allow_empty)
         if prefix is None:
             return None
         if self.mode == "encoder":
@@ -625,16 +679,40 @@ class ChoiceScorer:
         self, model: Any, prefix: FrozenPrefix, rows: Rows, context: dict, batch: EncodedBatch
     ) -> Tensor:
         """Block-``k`` states, through the cache when exact (padding-independent rows)."""
+        keys = self._cache_keys(model, prefix, rows, batch)
+        if keys is None:
+            return prefix.lower(rows, context)
+        return lower_with_cache(prefix, rows, context, keys, self.prefix_cache)
+
+    def _lower_packed(
+        self,
+        model: Any,
+        prefix: FrozenPrefix,
+        rows: Rows,
+        packed: PackedRows,
+        context: dict,
+        batch: EncodedBatch,
+    ) -> Tensor:
+        """Packed block-``k`` states ``[Q, L, H]``; the cache holds the unpacked ``rows``."""
+        keys = self._cache_keys(model, prefix, rows, batch) if prefix.start > 0 else None
+        if keys is None:
+            return prefix.lower(packed.rows, context)
+        return packed_lower_with_cache(prefix, rows, packed, context, keys, self.prefix_cache)
+
+    def _cache_keys(
+        self, model: Any, prefix: FrozenPrefix, rows: Rows, batch: EncodedBatch
+    ) -> list[Hashable] | None:
+        """The cache keys of ``rows`` when the cache is usable and exact for them (the cache
+        is emptied first when it was filled on other base weights or another split)."""
         cache = self.prefix_cache
         keys = self._row_keys(batch, rows.num_rows)
-        usable = cache is not None and keys is not None
-        if not usable or not prefix.stack.padding_independent(rows):
-            return prefix.lower(rows, context)
+        if cache is None or keys is None or not prefix.stack.padding_independent(rows):
+            return None
         owner = (model_fingerprint(model), prefix.start)
         if owner != self._cache_owner:
             cache.clear()
             self._cache_owner = owner
-        return lower_with_cache(prefix, rows, context, keys, cache)
+        return keys
 
     def _draws_per_chunk(
         self,
@@ -657,7 +735,7 @@ class ChoiceScorer:
             blocks = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 12)
         head = rows.num_rows
         if batch.target_mask is not None:
-            head *= int(batch.target_mask.shape[-1])
+            head = int(batch.target_mask.numel())
         width = int(rows.input_ids.shape[-1])
         grad = torch.is_grad_enabled()
         per_draw = _draw_bytes(model, rows.num_rows, width, blocks, head, grad)

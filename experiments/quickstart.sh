@@ -12,5 +12,7 @@ fi
 export TOKENIZERS_PARALLELISM=false
 .venv/bin/bslora grid experiments/configs/quickstart.yaml --out runs/quickstart \
   --methods zero_shot,mle,bslora "$@"
-.venv/bin/bslora analyze runs/quickstart/bslora/seed0 >/dev/null 2>&1 || true
+for run in runs/quickstart/*/seed*/; do
+  .venv/bin/bslora analyze "$run" > /dev/null   # ArviZ posterior.nc, gate heatmaps, plots
+done
 echo "reports: runs/quickstart/*/seed*/report.md"

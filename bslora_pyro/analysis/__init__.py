@@ -40,8 +40,9 @@ def _save(fig, path: Path, written: list[Path]) -> Path | None:
 def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = None) -> list[Path]:
     """Write the posterior analysis files of a run directory; return their paths."""
     from bslora_pyro.experiment import rundir
-    from bslora_pyro.experiment.report import write_report
+    from bslora_pyro.experiment.report import ANALYSIS_SECTIONS, write_report
     from bslora_pyro.experiment.runner import load_trained_method, read_run_config
+    from bslora_pyro.inference.export import atomic_write_text
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -77,7 +78,9 @@ def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = N
              for alt, fig in figures.items()}
     if sets:
         sections.append(summary.predictive_section(sets, saved))
-    written.append(write_report(run_dir, sections))
+    atomic_write_text(run_dir / ANALYSIS_SECTIONS, "\n".join(sections))
+    written.append(run_dir / ANALYSIS_SECTIONS)
+    written.append(write_report(run_dir))
     return written
 
 

@@ -27,6 +27,50 @@ def method_config(config: ExperimentConfig, method: str, seed: int) -> Experimen
     return build_dataclass(ExperimentConfig, data)
 
 
+def variant_config(
+    config: ExperimentConfig, name: str, method: str, overrides: list[str], seed: int
+) -> ExperimentConfig:
+    """``method_config`` plus ``--set``-style overrides; a variant named other than its
+    method is renamed ``name`` (its label in comparison tables)."""
+    from bslora_pyro.experiment.config import apply_overrides
+
+    data = method_config(config, method, seed).to_dict()
+    if name != method:
+        data["name"] = name
+    return build_dataclass(ExperimentConfig, apply_overrides(data, list(overrides)))
+
+
+def run_variants(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    variants: list[dict],
+    seeds: list[int],
+    progress: bool = True,
+) -> tuple[str, str]:
+    """Run named variants ``{"name", "method", "set": [...]}`` x seeds, sharing one scorer,
+    into ``out_dir/<name>/seed<k>``, and compare them."""
+    out_dir = Path(out_dir)
+    _, scorer = build_scorer_and_backbone(config)
+    runs = []
+    for variant in variants:
+        for seed in seeds:
+            run_dir = out_dir / variant["name"] / f"seed{seed}"
+            print(f"== {variant['name']}, seed {seed} -> {run_dir}", flush=True)
+            cfg = variant_config(config, variant["name"], variant["method"],
+                                 variant.get("set", []), seed)
+            run_experiment(cfg, run_dir, progress, scorer=scorer)
+            runs.append(run_dir)
+    return _write_comparison(out_dir, runs)
+
+
+def _write_comparison(out_dir: Path, runs: list[Path]) -> tuple[str, str]:
+    markdown, csv_text = compare_tables(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.md").write_text(markdown + "\n")
+    (out_dir / "comparison.csv").write_text(csv_text)
+    return markdown, csv_text
+
+
 def run_grid(
     config: ExperimentConfig,
     out_dir: str | Path,
@@ -39,17 +83,5 @@ def run_grid(
     All runs share one scorer, so frozen lower-block hidden states are computed once.
     Returns the comparison table as (markdown, csv), also written to ``out_dir``.
     """
-    out_dir = Path(out_dir)
-    _, scorer = build_scorer_and_backbone(config)
-    runs = []
-    for method in methods:
-        for seed in seeds:
-            run_dir = out_dir / method / f"seed{seed}"
-            print(f"== {method}, seed {seed} -> {run_dir}", flush=True)
-            run_experiment(method_config(config, method, seed), run_dir, progress, scorer=scorer)
-            runs.append(run_dir)
-    markdown, csv_text = compare_tables(runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.md").write_text(markdown + "\n")
-    (out_dir / "comparison.csv").write_text(csv_text)
-    return markdown, csv_text
+    variants = [{"name": method, "method": method} for method in methods]
+    return run_variants(config, out_dir, variants, seeds, progress)

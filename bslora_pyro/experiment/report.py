@@ -8,6 +8,8 @@ from bslora_pyro import metrics as M
 from bslora_pyro.experiment import rundir
 from bslora_pyro.inference.export import atomic_write_text
 
+#: markdown sections written by ``bslora analyze``; every later report keeps them
+ANALYSIS_SECTIONS = "analysis.md"
 COLUMNS = ("acc", "ece", "nll", "brier", "aurc", "ood_auroc_entropy", "ood_auroc_mi")
 
 
@@ -91,6 +93,9 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
                   f"loss (negative ELBO) {first['loss']:.1f} -> {last['loss']:.1f}; "
                   f"NLL per example {first['nll']:.3f} -> {last['nll']:.3f}; "
                   f"KL {first['kl']:.2f} -> {last['kl']:.2f}", ""]
+    analysis = run_dir / ANALYSIS_SECTIONS
+    if extra_sections is None and analysis.is_file():
+        extra_sections = [analysis.read_text()]
     lines += extra_sections or []
     path = run_dir / rundir.REPORT
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -102,6 +102,16 @@ def linear_schedule(steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
+def progress_fields(record: dict) -> dict[str, str]:
+    """What the progress bar shows: ELBO, NLL per example, KL, expected active ranks."""
+    fields = {"elbo": f"{-record['loss']:.1f}", "nll": f"{record['nll']:.3f}"}
+    if record.get("kl"):
+        fields["kl"] = f"{record['kl']:.2f}"
+    if "active_ranks" in record:
+        fields["ranks"] = f"{record['active_ranks']:.1f}"
+    return fields
+
+
 class SVITrainer:
     """Trains a method on a list of examples with a scorer-built batch per step.
 
@@ -199,12 +209,7 @@ class SVITrainer:
         while self.step < self.config.steps:
             record = self.train_step(examples)
             bar.update(1)
-            bar.set_postfix(
-                elbo=f"{-record['loss']:.1f}",
-                nll=f"{record['nll']:.3f}",
-                kl=f"{record['kl']:.2f}",
-                ranks=f"{record.get('active_ranks', 0):.1f}",
-            )
+            bar.set_postfix(progress_fields(record))
             if on_step is not None:
                 on_step(self, record)
         bar.close()
