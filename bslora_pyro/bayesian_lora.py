@@ -16,7 +16,7 @@ from pyro import poutine
 from torch import nn
 
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
-from bslora_pyro.adapter.inject import trainable_head_parameters
+from bslora_pyro.adapter.inject import adapter_parameters
 from bslora_pyro.models import GatePrior, GuideConfig, get_prior
 
 
@@ -137,13 +137,7 @@ class BayesianLora(nn.Module):
     # --- parameters ---------------------------------------------------------------------
     def factor_parameters(self) -> dict[str, nn.Parameter]:
         """LoRA factors and task-head weights (point estimates), by full name."""
-        named = {
-            f"{name}.{leaf}": getattr(layer, leaf)
-            for name, layer in self.adapters.items()
-            for leaf in ("lora_A", "lora_B")
-        }
-        named.update(trainable_head_parameters(self.backbone, self.adapter_config))
-        return named
+        return adapter_parameters(self.adapters, self.backbone, self.adapter_config)
 
     def gate_parameters(self) -> dict[str, nn.Parameter]:
         """Variational parameters of the gates and of the prior's other latents."""

@@ -125,3 +125,17 @@ def trainable_head_parameters(model: nn.Module, config: AdapterConfig) -> dict[s
         for name, p in model.named_parameters()
         if any(part in heads for part in name.split(".")[:-1]) and ".lora_" not in name
     }
+
+
+def adapter_parameters(
+    adapters: dict[str, GatedLoraLinear], model: nn.Module, config: AdapterConfig
+) -> dict[str, nn.Parameter]:
+    """The point-estimate parameters of an adapted model: every adapter's ``lora_A`` and
+    ``lora_B`` and the task heads, by full name."""
+    named = {
+        f"{name}.{leaf}": getattr(layer, leaf)
+        for name, layer in adapters.items()
+        for leaf in ("lora_A", "lora_B")
+    }
+    named.update(trainable_head_parameters(model, config))
+    return named

@@ -97,24 +97,29 @@ def load_posterior(directory: str | Path, backbone, scorer):
     return method
 
 
-def load_posterior_state(method, path: Path) -> None:
-    """Copy saved tensors into ``method``; every key must match exactly."""
-    saved = load_file(str(path))
-    current = posterior_state(method)
+def copy_tensors(
+    current: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], source: str = "saved tensors"
+) -> None:
+    """Copy ``saved`` into ``current`` in place; keys and shapes must match exactly."""
     missing, unexpected = current.keys() - saved.keys(), saved.keys() - current.keys()
     if missing or unexpected:
         raise ValueError(
-            f"{path} does not fit this model: missing {sorted(missing)[:3]}, "
+            f"{source} do not fit this model: missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}"
         )
     with torch.no_grad():
         for key, tensor in current.items():
             if tensor.shape != saved[key].shape:
                 raise ValueError(
-                    f"{path}: {key} has shape {tuple(saved[key].shape)}, "
+                    f"{source}: {key} has shape {tuple(saved[key].shape)}, "
                     f"expected {tuple(tensor.shape)}"
                 )
             tensor.copy_(saved[key])
+
+
+def load_posterior_state(method, path: Path) -> None:
+    """Copy a saved posterior into ``method``; every key must match exactly."""
+    copy_tensors(posterior_state(method), load_file(str(path)), f"tensors in {path}")
 
 
 def pruned_factors(method, threshold: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
+from bslora_pyro.inference.export import copy_tensors
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, copy_tensors, load_method, take_options
+from bslora_pyro.methods.mle import PlainLora, load_method, take_options
 
 NAME = "laplace"
 DEFAULTS = {"subset": "all", "prior_precision": None, "weight_decay": None}

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
-from bslora_pyro.adapter.inject import trainable_head_parameters
+from bslora_pyro.adapter.inject import adapter_parameters
 from bslora_pyro.inference.elbo import ExactELBO
-from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text
+from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text, copy_tensors
 from bslora_pyro.methods import MethodError
 
 NAME = "mle"
@@ -106,13 +106,7 @@ class PlainLora(nn.Module):
 
     # --- parameters ---------------------------------------------------------------------
     def factor_parameters(self) -> dict[str, nn.Parameter]:
-        named = {
-            f"{name}.{leaf}": getattr(layer, leaf)
-            for name, layer in self.adapters.items()
-            for leaf in ("lora_A", "lora_B")
-        }
-        named.update(trainable_head_parameters(self.backbone, self.adapter_config))
-        return named
+        return adapter_parameters(self.adapters, self.backbone, self.adapter_config)
 
     def param_groups(self, lr_factors, lr_gates, weight_decay=0.0):
         decay = weight_decay if self.weight_decay is None else self.weight_decay
@@ -153,24 +147,6 @@ class PlainLora(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         return save_method(self, directory)
-
-
-def copy_tensors(current: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
-    """Copy ``saved`` into ``current`` in place; keys and shapes must match exactly."""
-    missing, unexpected = current.keys() - saved.keys(), saved.keys() - current.keys()
-    if missing or unexpected:
-        raise MethodError(
-            f"saved tensors do not fit this method: missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}"
-        )
-    with torch.no_grad():
-        for key, tensor in current.items():
-            if tensor.shape != saved[key].shape:
-                raise MethodError(
-                    f"saved {key} has shape {tuple(saved[key].shape)}, "
-                    f"expected {tuple(tensor.shape)}"
-                )
-            tensor.copy_(saved[key])
 
 
 def save_method(method, directory: str | Path) -> Path:
