@@ -385,27 +385,20 @@ PACK_GAIN = 0.9  # pack only when the packed rows hold at most this share of the
 
 @dataclass
 class PackedRows:
-    """The ``C`` rows of each question packed into one row of width ``L``.
+    """The ``C`` rows of each question packed into one row.
 
     A packed row holds the tokens its question's rows share (their longest common prefix, up
-    to the first scored position) once, left-padded to ``shared_width``, then one segment of
-    ``segment_width`` per row (choice) with the rest of that row, right-padded. ``visible``
-    (in :attr:`rows`) lets a segment's tokens see the shared tokens and, causally, their own
-    segment; positions continue from the shared prefix. Every real token thus gets the hidden
-    state it has in its own row. Rows that are not real (missing choices) share nothing.
+    to the first scored position) once, then each row's remaining tokens (its segment) in
+    choice order, then padding. ``visible`` (in :attr:`rows`) lets a segment's tokens see the
+    shared tokens and, causally, their own segment; positions continue from the shared
+    prefix. Every real token thus gets the hidden state it has in its own row. Rows that are
+    not real (missing choices) share nothing and are not seen by any other row.
     """
 
-    rows: Rows
+    rows: Rows  # [Q, L]
     num_choices: int
-    shared_width: int
-    segment_width: int
-    cut: Tensor  # [R]: the column of each unpacked row where its own segment starts
-    gather_index: Tensor  # [Q, L]: flat index into the [R * T] unpacked tokens
-    scatter_index: Tensor  # [R, T]: flat index into the [Q * L] packed tokens
-
-    @property
-    def width(self) -> int:
-        return self.shared_width + self.num_choices * self.segment_width
+    column_index: Tensor  # [R, T]: the packed column of each unpacked token (0 for padding)
+    gather_index: Tensor  # [Q, L]: the flat unpacked index of each packed token (0: padding)
 
     def pack(self, full: Tensor) -> Tensor:
         """``[R, T, ...]`` per-token values of the unpacked rows as ``[Q, L, ...]``."""
@@ -413,44 +406,14 @@ class PackedRows:
 
     def unpack(self, packed: Tensor) -> Tensor:
         """``[Q, L, ...]`` packed values as ``[R, T, ...]`` (padding positions arbitrary)."""
-        return packed.reshape(-1, *packed.shape[2:])[self.scatter_index]
+        rows = torch.arange(self.column_index.shape[0], device=packed.device)
+        start = (rows // self.num_choices * packed.shape[1])[:, None]
+        return packed.reshape(-1, *packed.shape[2:])[start + self.column_index]
 
     def columns(self, positions: Tensor) -> Tensor:
-        """Packed columns ``[Q, C * K]`` of unpacked columns ``[R, K]`` at or after each row's
-        cut (other entries are clamped into the row's segment)."""
-        num_rows, k = positions.shape
-        offset = (positions - self.cut[:, None]).clamp(0, self.segment_width - 1)
-        choice = torch.arange(num_rows, device=positions.device) % self.num_choices
-        first = self.shared_width + choice * self.segment_width
-        return (first[:, None] + offset).reshape(-1, self.num_choices * k)
-
-
-@dataclass
-class _Layout:
-    """Where the tokens of ``R = Q * C`` unpacked rows ``[R, T]`` go when packed."""
-
-    start: Tensor  # [R] first real column
-    lengths: Tensor  # [R] real tokens
-    shared: Tensor  # [Q] shared prefix length
-    own: Tensor  # [R] tokens of the row in the shared part (0 for rows that are not real)
-    num_choices: int
-    width: int  # T
-
-    @property
-    def cut(self) -> Tensor:
-        return self.start + self.own
-
-    @property
-    def shared_width(self) -> int:
-        return int(self.shared.max())
-
-    @property
-    def segment_width(self) -> int:
-        return int((self.lengths - self.own).max())
-
-    @property
-    def packed_width(self) -> int:
-        return self.shared_width + self.num_choices * self.segment_width
+        """Packed columns ``[Q, C * K]`` of the unpacked columns ``[R, K]``."""
+        columns = self.column_index.gather(1, positions)
+        return columns.reshape(-1, self.num_choices * positions.shape[1])
 
 
 def pack_rows(
@@ -461,97 +424,87 @@ def pack_rows(
     ``limit`` ``[R]`` (its first scored position, which thus stays in its own segment); rows
     where ``real`` ``[R]`` is False share nothing. ``None`` when the rows cannot be packed or
     the packed rows would hold more than ``gain`` of the tokens."""
-    layout = _layout(rows, num_choices, limit, real)
-    if layout is None or layout.shared.numel() * layout.packed_width > gain * layout.width * (
-        rows.num_rows
-    ):
+    mask = rows.attention_mask.bool()
+    start = _contiguous_start(mask)
+    if rows.position_ids is None or start is None or rows.num_rows % num_choices:
         return None
-    gather, valid, segment = _gather(layout)
+    shared = _shared_lengths(rows.input_ids, mask, start, limit, real, num_choices)
+    column, segment = _columns(mask, start, shared, real)
+    width = int(column.max()) + 1
+    if len(shared) * width > gain * mask.numel():
+        return None
+    row = torch.arange(len(mask), device=mask.device)
+    owner = mask & ((segment != 0) | (row % num_choices == 0)[:, None])  # shared: choice 0's
+    question = row // num_choices
+    target = (question[:, None] * width + column)[owner]
+    flat = torch.arange(mask.numel(), device=mask.device).view_as(mask)
+
+    def scatter(values: Tensor, fill: int | bool) -> Tensor:
+        packed = torch.full((len(shared) * width,), fill, dtype=values.dtype, device=mask.device)
+        return packed.index_put_((target,), values[owner]).view(len(shared), width)
+
+    gather = scatter(flat, 0)
     positions = rows.position_ids.reshape(-1)[gather]
-    segment_real = real.view(-1, num_choices).repeat_interleave(layout.segment_width, dim=1)
-    sees_shared = torch.cat([torch.ones_like(valid[:, : layout.shared_width]), segment_real], 1)
+    valid = scatter(mask, False)
     packed = Rows(
         input_ids=rows.input_ids.reshape(-1)[gather],
         attention_mask=valid.long(),
         position_ids=positions,
-        visible=_visible(valid, segment, positions, sees_shared),
+        visible=_visible(valid, scatter(segment, 0), positions),
     )
-    return PackedRows(
-        packed,
-        num_choices,
-        layout.shared_width,
-        layout.segment_width,
-        layout.cut,
-        gather,
-        _scatter(rows.attention_mask.bool(), layout),
-    )
+    return PackedRows(packed, num_choices, column, gather)
 
 
-def _layout(rows: Rows, num_choices: int, limit: Tensor, real: Tensor) -> _Layout | None:
-    if rows.position_ids is None or rows.num_rows % num_choices or rows.num_rows == 0:
-        return None
-    mask = rows.attention_mask.bool()
-    width = mask.shape[1]
-    cols = torch.arange(width, device=mask.device)
-    lengths = mask.sum(1)
+def _contiguous_start(mask: Tensor) -> Tensor | None:
+    """The first real column of each row ``[R]``, or ``None`` when some row's real tokens
+    are not contiguous."""
+    cols = torch.arange(mask.shape[1], device=mask.device)
     start = mask.long().argmax(1)
-    if not torch.equal(mask, (cols >= start[:, None]) & (cols < (start + lengths)[:, None])):
-        return None
-    # per question, the prefix every real row shares with its first row (choice 0 is real)
-    aligned = rows.input_ids.gather(1, (start[:, None] + cols).clamp(max=width - 1))
-    inside = (cols < lengths[:, None]).view(-1, num_choices, width)
+    end = start + mask.sum(1)
+    contiguous = torch.equal(mask, (cols >= start[:, None]) & (cols < end[:, None]))
+    return start if contiguous else None
+
+
+def _shared_lengths(
+    ids: Tensor, mask: Tensor, start: Tensor, limit: Tensor, real: Tensor, num_choices: int
+) -> Tensor:
+    """Per question ``[Q]``: how many leading tokens all its real rows share (each row's
+    count capped at ``limit - start``; choice 0 is always real)."""
+    width = ids.shape[1]
+    cols = torch.arange(width, device=ids.device)
+    aligned = ids.gather(1, (start[:, None] + cols).clamp(max=width - 1))
+    inside = (cols < mask.sum(1, keepdim=True)).view(-1, num_choices, width)
     aligned = aligned.view(-1, num_choices, width)
     same = (aligned == aligned[:, :1]) & inside & inside[:, :1]
     common = torch.minimum(same.long().cumprod(-1).sum(-1).view(-1), limit - start)
-    shared = torch.where(real, common, width).view(-1, num_choices).min(1).values
-    own = torch.where(real, shared.repeat_interleave(num_choices), 0)
-    return _Layout(start, lengths, shared, own, num_choices, width)
+    return torch.where(real, common, width).view(-1, num_choices).min(1).values
 
 
-def _gather(layout: _Layout) -> tuple[Tensor, Tensor, Tensor]:
-    """Per packed position ``[Q, L]``: the flat unpacked index, whether it is a real token,
-    its segment (0: shared tokens, ``c + 1``: choice ``c``)."""
-    device, width, choices = layout.start.device, layout.width, layout.num_choices
-    num_questions, shared_width = layout.shared.numel(), layout.shared_width
-    segment_width = layout.segment_width
-    first = torch.arange(num_questions, device=device) * choices
-    offset = torch.arange(shared_width, device=device) - (shared_width - layout.shared[:, None])
-    shared_index = first[:, None] * width + (layout.start[first, None] + offset).clamp(min=0)
-    steps = torch.arange(segment_width, device=device)
-    own_index = (layout.cut[:, None] + steps).clamp(max=width - 1)
-    own_index = own_index + torch.arange(len(layout.start), device=device)[:, None] * width
-    own_valid = steps < (layout.lengths - layout.own)[:, None]
-    gather = torch.cat([shared_index, own_index.view(num_questions, -1)], 1)
-    valid = torch.cat([offset >= 0, own_valid.view(num_questions, -1)], 1)
-    choice = torch.arange(1, choices + 1, device=device).repeat_interleave(segment_width)
-    segment = torch.cat([choice.new_zeros(shared_width), choice])
-    return gather, valid, segment.expand(num_questions, -1)
+def _columns(mask: Tensor, start: Tensor, shared: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    """Per unpacked token ``[R, T]``: its packed column (0 for padding) and its segment: 0
+    for shared tokens, ``c + 1`` for choice ``c`` (negated when that row is not real)."""
+    num_rows, width = mask.shape
+    num_choices = num_rows // len(shared)
+    own = torch.where(real, shared.repeat_interleave(num_choices), 0)  # shared tokens per row
+    segment_lengths = (mask.sum(1) - own).view(-1, num_choices)
+    segment_starts = shared[:, None] + segment_lengths.cumsum(1) - segment_lengths
+    offset = torch.arange(width, device=mask.device) - start[:, None]
+    in_shared = offset < own[:, None]
+    column = torch.where(in_shared, offset, segment_starts.view(-1, 1) + offset - own[:, None])
+    choice = torch.arange(num_rows, device=mask.device) % num_choices + 1
+    segment = torch.where(in_shared, 0, torch.where(real, choice, -choice)[:, None])
+    return torch.where(mask, column, 0), segment
 
 
-def _visible(valid: Tensor, segment: Tensor, positions: Tensor, sees_shared: Tensor) -> Tensor:
-    """``[Q, L, L]``: query ``i`` sees real key ``j`` of its own segment or of the shared
-    tokens (where its segment shares them) at a position up to its own; every position sees
-    itself, so no query row is empty."""
+def _visible(valid: Tensor, segment: Tensor, positions: Tensor) -> Tensor:
+    """``[Q, L, L]``: query ``i`` sees a real key ``j`` of its own segment, or a shared one
+    when its segment is real, at a position up to its own; every position sees itself, so
+    no query row is empty."""
     own = segment[:, :, None] == segment[:, None, :]
-    shared_key = (segment == 0)[:, None, :] & sees_shared[:, :, None]
+    shared_key = (segment == 0)[:, None, :] & (segment >= 0)[:, :, None]
     causal = positions[:, None, :] <= positions[:, :, None]
     visible = valid[:, None, :] & (own | shared_key) & causal
     return visible | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
-
-
-def _scatter(mask: Tensor, layout: _Layout) -> Tensor:
-    """Per unpacked position ``[R, T]``: the flat packed index (0 for padding)."""
-    device, choices = mask.device, layout.num_choices
-    rows = torch.arange(mask.shape[0], device=device)
-    question, choice = rows // choices, rows % choices
-    cols = torch.arange(layout.width, device=device)
-    offset = cols - layout.start[:, None]
-    in_shared = offset < layout.own[:, None]
-    shared_col = layout.shared_width - layout.shared[question, None] + offset
-    own_col = layout.shared_width + choice[:, None] * layout.segment_width
-    own_col = own_col + (cols - layout.cut[:, None])
-    packed_col = torch.where(in_shared, shared_col, own_col)
-    return torch.where(mask, question[:, None] * layout.packed_width + packed_col, 0)
 
 
 # ---------------------------------------------------------------------------- cache
@@ -623,14 +576,27 @@ class PrefixCache:
         )
 
 
-def model_fingerprint(model: nn.Module) -> tuple:
-    """Identifies a base model's frozen weights cheaply: class, source and a checksum of the
-    first embedding rows. Fresh loads of the same checkpoint share it (and their cache)."""
-    config = getattr(model, "config", None)
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(embeddings, "weight", None)
-    checksum = None if weight is None else float(weight[:8].detach().double().sum())
-    return (type(model).__name__, getattr(config, "_name_or_path", None), checksum)
+def prefix_fingerprint(prefix: FrozenPrefix) -> tuple:
+    """Identifies the frozen weights below ``prefix.start`` cheaply (class, source, and a
+    strided sample of every parameter): fresh loads of the same checkpoint share it, and
+    so their cached states; other or edited weights (merged adapters) change it. Edits
+    that touch none of the sampled entries go unseen: clear the cache after such edits."""
+    stack = prefix.stack
+    modules = [*stack.embed_modules(), *stack.layers[: prefix.start]]
+    sums = []
+    with torch.no_grad():
+        for module in modules:
+            for param in module.parameters():
+                flat = param.detach().reshape(-1)
+                sums.append(flat[:: max(1, flat.numel() // 64)].double().sum())
+    checksum = float(torch.stack(sums).sum()) if sums else 0.0
+    config = getattr(stack.body, "config", None)
+    return (
+        type(stack.body).__name__,
+        getattr(config, "_name_or_path", None),
+        prefix.start,
+        checksum,
+    )
 
 
 def _nbytes(t: Tensor) -> int:

@@ -47,9 +47,9 @@ from bslora_pyro.prefix import (
     PrefixCache,
     Rows,
     lower_with_cache,
-    model_fingerprint,
     pack_rows,
     packed_lower_with_cache,
+    prefix_fingerprint,
 )
 
 MODES = ("letter", "choice_loglik", "encoder")
@@ -275,6 +275,19 @@ def _draw_slice(
             setattr(layer, name, value)
 
 
+def _draw_grouped(module: nn.Module, num_draws: int) -> bool:
+    """True when ``module`` treats all rows of a draw alike (no hooks; gates and sampled
+    factors shared by all rows or one group per draw), so a draw's rows may be regrouped."""
+    for m in module.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+        for name, dims in _GROUPED_STATE.items():
+            value = getattr(m, name, None) if isinstance(m, GatedLoraLinear) else None
+            if value is not None and value.dim() >= dims and value.shape[0] != num_draws:
+                return False
+    return True
+
+
 def _draw_bytes(model: Any, rows: int, width: int, blocks: int, head: int, grad: bool) -> int:
     """A rough activation-memory estimate of one draw: a block's transient tensors (times the
     blocks whose activations autograd keeps) plus ``head`` float32 vocabulary rows."""
@@ -304,6 +317,25 @@ class _Plan:
     context: dict[str, Any] | None = None
     lower: Tensor | None = None
     packed: PackedRows | None = None
+
+
+def _scored_slots(batch: EncodedBatch) -> tuple[Tensor, Tensor]:
+    """The scored continuation tokens of a ``choice_loglik`` batch, question by question:
+    ``[B, N]`` indices ``choice * K + k`` into a question's ``[C, K]`` target slots (real ones
+    first, choice-major; ``N`` the most any question has) and which of them are real."""
+    num_questions = batch.num_examples
+    mask = batch.target_mask.reshape(num_questions, -1)
+    counts = mask.sum(1)
+    width = max(1, int(counts.max()))
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=mask.device) < counts[:, None]
+    return order, valid
+
+
+def _token_log_probs(head: nn.Module, states: Tensor, targets: Tensor) -> Tensor:
+    """``log p(target)`` ``[..., n]`` under ``head`` (float32) at the states ``[..., n, H]``."""
+    log_probs = head(states).float().log_softmax(dim=-1)
+    return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def _repeat(t: Tensor | None, num_draws: int) -> Tensor | None:
@@ -362,7 +394,7 @@ class ChoiceScorer:
         self.prefix_cache = (
             PrefixCache(prefix_cache_mb, prefix_cache_device) if prefix_cache_mb > 0 else None
         )
-        self._cache_owner: tuple[tuple, int] | None = None
+        self._cache_owner: tuple | None = None
         self.prefix_start = prefix_start
         self.share_context = share_context
 
@@ -576,7 +608,8 @@ class ChoiceScorer:
                 parts.append(self._chunk_scores(model, batch, plan, count))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _chunk_scores(self, model: Any, batch: EncodedBatch, plan: _Plan, num_draws: int):
+    def _chunk_scores(self, model: Any, batch: EncodedBatch, plan: _Plan, num_draws: int) -> Tensor:
+        """Per-row scores of one chunk of draws."""
         if plan.prefix is None:
             return self._full_scores(model, batch, num_draws)
         select = lambda h: self._pick(batch, h, num_draws, plan.packed)  # noqa: E731
@@ -592,22 +625,28 @@ class ChoiceScorer:
     def _pick(
         self, batch: EncodedBatch, hidden: Tensor, num_draws: int, packed: PackedRows | None = None
     ) -> Tensor:
-        """The states ``[D * R, P, H]`` the head reads: the last real position (letter), the
-        positions predicting continuation tokens (choice_loglik; from ``[D * Q, L, H]`` when
-        ``packed``) or the first (encoder)."""
+        """The states the head reads: the last real position ``[D * B, 1, H]`` (letter), the
+        first ``[D * R, 1, H]`` (encoder), or per question the ``N`` positions predicting its
+        continuation tokens ``[D * B, N, H]`` (choice_loglik, see :func:`_scored_slots`; from
+        packed rows ``[D * B, L, H]`` when ``packed``)."""
         if self.mode == "encoder":
             return hidden[:, :1]
         if self.mode == "letter":
-            positions = _repeat(batch.last_positions, num_draws).unsqueeze(-1)  # [D * B, 1]
-        elif packed is not None:
-            positions = _repeat(packed.columns(batch.target_positions), num_draws)  # [D*Q, C*K]
+            positions = batch.last_positions.unsqueeze(-1)  # [B, 1]
         else:
-            positions = _repeat(batch.target_positions, num_draws)  # [D * R, K]
-        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        picked = hidden.gather(1, index)
-        if packed is None:
-            return picked
-        return picked.reshape(-1, batch.target_positions.shape[-1], hidden.shape[-1])
+            positions = self._loglik_columns(batch, hidden.shape[1], packed)  # [B, N]
+            hidden = hidden.reshape(positions.shape[0] * num_draws, -1, hidden.shape[-1])
+        index = _repeat(positions, num_draws).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index)
+
+    def _loglik_columns(self, batch: EncodedBatch, width: int, packed: PackedRows | None) -> Tensor:
+        """Per question, the columns ``[B, N]`` of its scored slots in its packed row, or in
+        its ``C`` rows of ``width`` laid end to end."""
+        order, _ = _scored_slots(batch)
+        if packed is not None:
+            return packed.columns(batch.target_positions).gather(1, order)
+        positions = batch.target_positions.reshape(batch.num_examples, -1).gather(1, order)
+        return order // batch.target_positions.shape[-1] * width + positions
 
     def _head(self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int) -> Tensor:
         head = {
@@ -708,7 +747,7 @@ class ChoiceScorer:
         keys = self._row_keys(batch, rows.num_rows)
         if cache is None or keys is None or not prefix.stack.padding_independent(rows):
             return None
-        owner = (model_fingerprint(model), prefix.start)
+        owner = prefix_fingerprint(prefix)
         if owner != self._cache_owner:
             cache.clear()
             self._cache_owner = owner
@@ -735,7 +774,7 @@ class ChoiceScorer:
             blocks = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 12)
         head = rows.num_rows
         if batch.target_mask is not None:
-            head = int(batch.target_mask.numel())
+            head = int(_scored_slots(batch)[1].numel())
         width = int(rows.input_ids.shape[-1])
         grad = torch.is_grad_enabled()
         per_draw = _draw_bytes(model, rows.num_rows, width, blocks, head, grad)
@@ -764,11 +803,25 @@ class ChoiceScorer:
     def _loglik_head(
         self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int
     ) -> Tensor:
-        log_probs = output_head(model)(picked).float().log_softmax(dim=-1)
-        targets = _repeat(batch.target_ids, num_draws).unsqueeze(-1)
-        token_log_probs = log_probs.gather(-1, targets).squeeze(-1)
-        mask = _repeat(batch.target_mask, num_draws)
-        return torch.where(mask, token_log_probs, torch.zeros_like(token_log_probs)).sum(-1)
+        """Summed continuation log-probabilities ``[D * R]`` from the states ``[D * B, N, H]``
+        of each question's scored slots. When the head treats a draw's rows alike it runs on
+        the real slots alone, ``[D, n, H]``."""
+        order, valid = _scored_slots(batch)
+        targets = batch.target_ids.reshape(batch.num_examples, -1).gather(1, order)
+        head = output_head(model)
+        if _draw_grouped(head, num_draws):
+            real = valid.reshape(-1)
+            states = picked.reshape(num_draws, real.numel(), -1)[:, real]
+            chosen = _token_log_probs(head, states, targets[valid].expand(num_draws, -1))
+            token_log_probs = chosen.new_zeros(num_draws, real.numel())
+            token_log_probs[:, real] = chosen
+            token_log_probs = token_log_probs.view(-1, valid.shape[1])
+        else:
+            token_log_probs = _token_log_probs(head, picked, _repeat(targets, num_draws))
+            token_log_probs = token_log_probs.masked_fill(~_repeat(valid, num_draws), 0)
+        choices = _repeat(order // batch.target_ids.shape[-1], num_draws)
+        scores = token_log_probs.new_zeros(choices.shape[0], batch.num_choices)
+        return scores.scatter_add(1, choices, token_log_probs).reshape(-1)
 
     def _encoder_logits(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         kwargs = {

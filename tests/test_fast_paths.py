@@ -15,6 +15,7 @@ from bslora_pyro.scoring import ChoiceScorer
 from bslora_pyro.testing import tiny_bert, tiny_llama, tiny_tokenizer
 
 ATOL = 1e-5
+LOGLIK = "choice_loglik"
 
 
 def make_example(uid: str, question: str, choices: tuple[str, ...], label: int = 0):
@@ -37,11 +38,20 @@ EXAMPLES = [
 ]
 
 
-def build(backbone: str, layers, mode: str, scorer: ChoiceScorer | None = None, seed: int = 0):
+def build(
+    backbone: str,
+    layers,
+    mode: str,
+    scorer: ChoiceScorer | None = None,
+    seed: int = 0,
+    attention: str | None = None,
+):
     """A BayesianLora on a 4-block tiny model with non-zero factors."""
     torch.manual_seed(seed)
     if backbone == "llama":
         model = tiny_llama(num_layers=4, seed=seed)
+        if attention is not None:
+            model.set_attn_implementation(attention)
         tok, targets, heads = tiny_tokenizer("left"), ["q_proj", "v_proj", "down_proj"], []
     else:
         model = tiny_bert(num_layers=4, seed=seed)
@@ -104,19 +114,22 @@ def test_hidden_states_at_real_positions_ignore_padding():
         torch.testing.assert_close(together[r][mask[r]], alone, atol=ATOL, rtol=0)
 
 
-def loss_and_grads(method, batch, index, num_data):
+def loss_and_grads(method, batch, index, num_data, per_example=True):
     pyro.set_rng_seed(3)
     method.zero_grad(set_to_none=True)
-    terms = method.training_loss(batch, index, num_data, num_draws=2, per_example=True)
+    terms = method.training_loss(batch, index, num_data, num_draws=2, per_example=per_example)
     terms.loss.backward()
     grads = [p.grad.clone() for p in method.factor_parameters().values()]
     return terms.loss.detach(), grads
 
 
-@pytest.mark.parametrize(("backbone", "mode"), CASES)
-def test_training_with_cache_matches_full_forward(backbone, mode, monkeypatch):
+@pytest.mark.parametrize(
+    ("backbone", "mode", "share"), [(*case, True) for case in CASES] + [("llama", LOGLIK, False)]
+)
+def test_training_with_cache_matches_full_forward(backbone, mode, share, monkeypatch):
     method = build(backbone, "-1:", mode)
     scorer = method.scorer
+    scorer.share_context = share
     computed: list[int] = []
     original = FrozenPrefix.lower
 
@@ -127,7 +140,9 @@ def test_training_with_cache_matches_full_forward(backbone, mode, monkeypatch):
     monkeypatch.setattr(FrozenPrefix, "lower", counting_lower)
     first = scorer.encode(EXAMPLES[:3])
     mixed = scorer.encode([EXAMPLES[3], EXAMPLES[0], EXAMPLES[2]])  # one miss, two hits
-    per_question = first.input_ids.reshape(-1, first.input_ids.shape[-1]).shape[0] // 3
+    rows_per_question = first.input_ids.reshape(-1, first.input_ids.shape[-1]).shape[0] // 3
+    packed = share and mode == LOGLIK  # the prefix then computes one packed row per question
+    per_question = 1 if packed else rows_per_question
     for batch, misses in ((first, 3), (mixed, 1), (first, 0)):
         index = torch.arange(3)
         scorer.reuse_prefix = False
@@ -139,7 +154,7 @@ def test_training_with_cache_matches_full_forward(backbone, mode, monkeypatch):
         torch.testing.assert_close(got[0], expected[0], atol=ATOL, rtol=1e-6)
         for g, e in zip(got[1], expected[1], strict=True):
             torch.testing.assert_close(g, e, atol=ATOL, rtol=1e-5)
-    assert len(scorer.prefix_cache) == 4 * per_question
+    assert len(scorer.prefix_cache) == 4 * rows_per_question  # unpacked rows either way
 
 
 def test_cache_budget_and_signatures():
@@ -230,3 +245,140 @@ def test_cache_is_shared_by_fresh_loads_of_the_same_base_and_not_across_bases(mo
     with torch.no_grad():
         scorer.logits(tiny_llama(num_layers=4, seed=1), batch, 1)
     assert sum(computed) > 0
+
+
+# ---------------------------------------------------------------------------- shared contexts
+
+
+def pairs_example(uid: str, pairs: tuple[tuple[str, str], ...], label: int = 0):
+    """A choice_loglik example with explicit (context, continuation) pairs."""
+    return MultipleChoiceExample(
+        uid=uid,
+        question=pairs[0][0],
+        choices=tuple(continuation for _, continuation in pairs),
+        label=label,
+        letter_prompt=f"{pairs[0][0]} Answer:",
+        loglik_pairs=pairs,
+    )
+
+
+# WinoGrande-style: the contexts differ after a common prefix, the continuations are equal
+WINO = pairs_example(
+    "w",
+    (
+        ("The cup fell off the shelf because the cup", " was slippery."),
+        ("The cup fell off the shelf because the shelf", " was slippery."),
+    ),
+)
+WINO_PREFIX = len("The cup fell off the shelf because the ")  # one token per byte
+UNSHARED = pairs_example("u", (("Abc def ghi", " jkl"), ("Xyz def ghi", " jkl")))
+
+
+def score_pair(method, batch, fast, gates, num_draws, sampled=None):
+    """(fast, reference) logits; the reference runs the plain unpacked forward."""
+    slow = ChoiceScorer(fast.tokenizer, LOGLIK, reuse_prefix=False)
+    for layer, a in zip(method.adapters.values(), sampled or [], strict=False):
+        layer.sampled_A = a
+    try:
+        return predict(method, batch, fast, gates, num_draws), predict(
+            method, batch, slow, gates, num_draws
+        )
+    finally:
+        for layer in method.adapters.values():
+            layer.sampled_A = None
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("layers", ["2:", None])  # a frozen prefix, or adapters from block 0
+def test_shared_context_matches_unshared_rows(attention, layers):
+    method = build("llama", layers, LOGLIK, attention=attention)
+    fast = method.scorer
+    batch = fast.encode(EXAMPLES)
+    rows = fast._rows(batch)
+    packed = fast._pack(batch, rows)
+    assert packed is not None and packed.rows.input_ids.numel() < rows.input_ids.numel()
+    assert fast._prefix(method.backbone, allow_empty=True).start == (2 if layers else 0)
+    torch.manual_seed(4)
+    for num_draws in (1, 3):
+        per_draw = method.sample_gates(num_draws)
+        per_example = method.sample_gates(num_draws * len(EXAMPLES))
+        for gates in (per_draw, per_example):
+            got, expected = score_pair(method, batch, fast, gates, num_draws)
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    assert not torch.allclose(got[0], got[1])  # the draws do differ
+    sampled = [  # per-draw factors (BLoB style)
+        layer.lora_A + 0.3 * torch.randn(3, *layer.lora_A.shape)
+        for layer in method.adapters.values()
+    ]
+    got, expected = score_pair(method, batch, fast, None, 3, sampled)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_packed_rows_hold_each_context_once_and_keep_every_state():
+    model = tiny_llama(num_layers=4)
+    scorer = ChoiceScorer(tiny_tokenizer("left"), LOGLIK)
+    batch = scorer.encode(EXAMPLES)
+    rows = scorer._rows(batch)
+    packed = scorer._pack(batch, rows)
+    # question 0: its context but the last token once, then per choice that last token and
+    # the continuation but its last token, then the one pad token of its missing 4th choice
+    context = EXAMPLES[0].loglik_pairs[0][0].rstrip()  # one token per byte
+    first = packed.rows.input_ids[0][packed.rows.attention_mask[0].bool()]
+    assert first[: len(context) - 1].tolist() == scorer.tokenizer(context[:-1])["input_ids"]
+    choices = EXAMPLES[0].choices
+    assert len(first) == len(context) - 1 + sum(len(f" {c}") for c in choices) + 1
+    prefix = FrozenPrefix(find_stack(model), start=3)
+    unpacked, together = prefix.lower(rows), prefix.lower(packed.rows)
+    mask = rows.attention_mask.bool()
+    torch.testing.assert_close(packed.unpack(together)[mask], unpacked[mask], atol=ATOL, rtol=0)
+    valid = packed.rows.attention_mask.bool()
+    torch.testing.assert_close(packed.pack(unpacked)[valid], together[valid], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+@pytest.mark.parametrize("layers", ["-1:", None])
+def test_shared_context_training_matches_unshared_rows(per_example, layers):
+    method = build("llama", layers, LOGLIK)
+    scorer = method.scorer
+    batch = scorer.encode(EXAMPLES)
+    index = torch.arange(len(EXAMPLES))
+    for _ in range(2):  # the second pass serves the block-k states from the cache
+        scorer.reuse_prefix = False
+        expected = loss_and_grads(method, batch, index, 12, per_example)
+        scorer.reuse_prefix = True
+        got = loss_and_grads(method, batch, index, 12, per_example)
+        torch.testing.assert_close(got[0], expected[0], atol=ATOL, rtol=1e-6)
+        for g, e in zip(got[1], expected[1], strict=True):
+            torch.testing.assert_close(g, e, atol=ATOL, rtol=1e-5)
+    assert (len(scorer.prefix_cache) > 0) == (layers is not None)
+
+
+def test_letter_mode_is_not_packed():
+    method = build("llama", "2:", "letter")
+    batch = method.scorer.encode(EXAMPLES)
+    unshared = ChoiceScorer(method.scorer.tokenizer, "letter", share_context=False)
+    assert method.scorer._pack(batch, method.scorer._rows(batch)) is None
+    gates = method.sample_gates(2)
+    torch.testing.assert_close(
+        predict(method, batch, method.scorer, gates, 2),
+        predict(method, batch, unshared, gates, 2),
+        atol=0,
+        rtol=0,
+    )
+
+
+def test_differing_contexts_share_their_common_prefix_or_fall_back():
+    method = build("llama", "2:", LOGLIK)
+    fast = method.scorer
+    mixed = fast.encode([EXAMPLES[0], WINO, EXAMPLES[1]])
+    packed = fast._pack(mixed, fast._rows(mixed))
+    wino_rows = packed.rows.attention_mask[1].sum()
+    wino_tokens = fast._rows(mixed).attention_mask[mixed.num_choices : 2 * mixed.num_choices]
+    assert wino_tokens.sum() - wino_rows == WINO_PREFIX  # shared once instead of twice
+    unshared = fast.encode([UNSHARED])
+    assert fast._pack(unshared, fast._rows(unshared)) is None  # nothing to share: plain rows
+    torch.manual_seed(5)
+    for batch in (mixed, unshared):
+        for groups in (2, 2 * batch.num_examples):
+            got, expected = score_pair(method, batch, fast, method.sample_gates(groups), 2)
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)

@@ -250,6 +250,10 @@ def test_num_draws_replicates_draw_major(models, mode):
     assert three.shape == (3, len(EXAMPLES), 4)
     for d in range(3):
         torch.testing.assert_close(three[d], one[0], atol=1e-5, rtol=0)
+    # choice_loglik: the blocks run one packed row per question (shared context), the head
+    # one row of scored tokens per question
+    if mode == "choice_loglik":
+        rows = len(EXAMPLES)
     assert seen["q_proj"] == [rows, 3 * rows]
     assert seen["lm_head"] == [rows, 3 * rows]
 
