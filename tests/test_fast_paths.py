@@ -38,6 +38,19 @@ EXAMPLES = [
 ]
 
 
+def count_lower_rows(monkeypatch) -> list[int]:
+    """Record how many rows each call of ``FrozenPrefix.lower`` computes."""
+    computed: list[int] = []
+    original = FrozenPrefix.lower
+
+    def counting_lower(self, rows, context=None):
+        computed.append(rows.num_rows)
+        return original(self, rows, context)
+
+    monkeypatch.setattr(FrozenPrefix, "lower", counting_lower)
+    return computed
+
+
 def build(
     backbone: str,
     layers,
@@ -130,14 +143,7 @@ def test_training_with_cache_matches_full_forward(backbone, mode, share, monkeyp
     method = build(backbone, "-1:", mode)
     scorer = method.scorer
     scorer.share_context = share
-    computed: list[int] = []
-    original = FrozenPrefix.lower
-
-    def counting_lower(self, rows, context=None):
-        computed.append(rows.num_rows)
-        return original(self, rows, context)
-
-    monkeypatch.setattr(FrozenPrefix, "lower", counting_lower)
+    computed = count_lower_rows(monkeypatch)
     first = scorer.encode(EXAMPLES[:3])
     mixed = scorer.encode([EXAMPLES[3], EXAMPLES[0], EXAMPLES[2]])  # one miss, two hits
     rows_per_question = first.input_ids.reshape(-1, first.input_ids.shape[-1]).shape[0] // 3
@@ -217,14 +223,7 @@ def test_cache_is_shared_by_fresh_loads_of_the_same_base_and_not_across_bases(mo
     """Grid runs load the base once per method: states cached by one run serve the next
     (same weights), including a zero-shot run capped at the same block, but never a run on
     different weights."""
-    computed: list[int] = []
-    original = FrozenPrefix.lower
-
-    def counting_lower(self, rows, context=None):
-        computed.append(rows.num_rows)
-        return original(self, rows, context)
-
-    monkeypatch.setattr(FrozenPrefix, "lower", counting_lower)
+    computed = count_lower_rows(monkeypatch)
     scorer = ChoiceScorer(tiny_tokenizer("left"), "choice_loglik", prefix_start=2)
     batch = scorer.encode(EXAMPLES)
     first = build("llama", "2:", "choice_loglik", scorer=scorer)
