@@ -140,13 +140,10 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
 
 
 def save_method(method, run_dir: Path) -> None:
+    """Every trained method saves itself (zero-shot has nothing to save)."""
     save = getattr(method, "save", None)
     if save is not None:
         save(run_dir / rundir.WEIGHTS)
-    elif hasattr(method, "prior"):
-        from bslora_pyro.inference.export import save_posterior
-
-        save_posterior(method, run_dir / rundir.WEIGHTS)
 
 
 def evaluate_sets(
@@ -258,11 +255,7 @@ def load_trained_method(run_dir: Path, config: ExperimentConfig):
     loader = getattr(module, "load", None)
     if loader is not None:
         return loader(weights, backbone, scorer)
-    if config.method == "bslora":
-        from bslora_pyro.inference.export import load_posterior
-
-        return load_posterior(weights, backbone, scorer)
-    return build_method(config, backbone, scorer)
+    return build_method(config, backbone, scorer)  # nothing was trained (zero-shot)
 
 
 def evaluate_run(run_dir: str | Path, task: str, split: str = "dev", limit: int | None = None,

@@ -78,14 +78,15 @@ def read_posterior_config(directory: str | Path) -> dict:
     return config
 
 
-def load_posterior(directory: str | Path, backbone, scorer):
-    """Rebuild a :class:`BayesianLora` on ``backbone`` and load the saved posterior."""
+def load_posterior(directory: str | Path, backbone, scorer, cls=None):
+    """Rebuild a :class:`BayesianLora` (or the subclass ``cls``) on ``backbone`` and load
+    the saved posterior."""
     from bslora_pyro.adapter import AdapterConfig
     from bslora_pyro.bayesian_lora import BayesianLora
     from bslora_pyro.models import GuideConfig
 
     config = read_posterior_config(directory)
-    method = BayesianLora(
+    method = (cls or BayesianLora)(
         backbone,
         scorer,
         AdapterConfig(**config["adapter"]),

@@ -9,12 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bslora_pyro.bayesian_lora import BayesianLora
-from bslora_pyro.inference.export import (
-    POSTERIOR_WEIGHTS,
-    load_posterior_state,
-    read_posterior_config,
-    save_posterior,
-)
+from bslora_pyro.inference.export import load_posterior, save_posterior
 from bslora_pyro.methods.mle import take_options
 from bslora_pyro.models import GuideConfig
 
@@ -47,14 +42,4 @@ def build(backbone, scorer, adapter, options: dict) -> BayesianSparseLora:
 
 def load(directory: str | Path, backbone, scorer) -> BayesianSparseLora:
     """Rebuild from a saved posterior (the format of ``load_posterior``) on ``backbone``."""
-    from bslora_pyro.adapter import AdapterConfig
-
-    config = read_posterior_config(directory)
-    options = {
-        "prior": config["prior"]["name"],
-        "prior_kwargs": config["prior"]["hyperparameters"],
-        "guide": config["guide"],
-    }
-    method = build(backbone, scorer, AdapterConfig(**config["adapter"]), options)
-    load_posterior_state(method, Path(directory) / POSTERIOR_WEIGHTS)
-    return method
+    return load_posterior(directory, backbone, scorer, cls=BayesianSparseLora)
