@@ -54,7 +54,8 @@ def _grid(args: argparse.Namespace) -> None:
         config.data.dir = args.data_dir
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    markdown, _ = run_grid(config, args.out, methods, seeds, progress=not args.quiet)
+    markdown, _ = run_grid(config, args.out, methods, seeds, progress=not args.quiet,
+                           rerun=args.rerun)
     print(markdown)
     print(f"written: {Path(args.out) / 'comparison.md'}")
 
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     grid.add_argument("--data-dir")
     grid.add_argument("--quiet", action="store_true")
+    grid.add_argument("--rerun", action="store_true",
+                      help="redo runs that already finished (default: keep them)")
     grid.set_defaults(func=_grid)
 
     analyze = sub.add_parser("analyze", help="ArviZ data and plots of a run's gate posterior")

@@ -74,6 +74,26 @@ def test_compare_table_pools_seeds(grid_dir, capsys, tmp_path):
     assert (tmp_path / "comparison.csv").read_text().count("tiny/mle") == 8  # 2 sets x 4 metrics
 
 
+def test_grid_keeps_finished_runs_and_redoes_unfinished_ones(grid_dir, capsys, tmp_path):
+    out, model, data = grid_dir
+    grid_out = tmp_path / "runs"
+    args = ["grid", str(CONFIG), "--out", str(grid_out), "--methods", "mle", "--seeds", "0,1",
+            "--quiet", "--data-dir", str(data), "--set", f"model.name={model}"]
+    assert main(args) == 0
+    kept = grid_out / "mle" / "seed0" / "metrics.json"
+    stamp = kept.stat().st_mtime_ns
+    (grid_out / "mle" / "seed1" / "metrics.json").unlink()  # as if killed before the end
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "mle, seed 0: finished" in printed and "mle, seed 1 ->" in printed
+    assert kept.stat().st_mtime_ns == stamp
+    assert (grid_out / "mle" / "seed1" / "metrics.json").is_file()
+    assert main([*args[:-2], "--set", "train.steps=2", "--set", f"model.name={model}"]) == 0
+    assert ": finished in" not in capsys.readouterr().out  # another config: not finished
+    assert kept.stat().st_mtime_ns != stamp
+
+
 def test_evaluate_adds_a_shift_set(grid_dir, capsys):
     out, _, data = grid_dir
     run = out / "bslora" / "seed0"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import yaml
+
+from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.compare import compare_tables
 from bslora_pyro.experiment.config import ExperimentConfig, build_dataclass
 from bslora_pyro.experiment.runner import build_scorer_and_backbone, run_experiment
@@ -46,21 +49,40 @@ def run_variants(
     variants: list[dict],
     seeds: list[int],
     progress: bool = True,
+    rerun: bool = False,
 ) -> tuple[str, str]:
     """Run named variants ``{"name", "method", "set": [...]}`` x seeds, sharing one scorer,
-    into ``out_dir/<name>/seed<k>``, and compare them."""
+    into ``out_dir/<name>/seed<k>``, and compare them.
+
+    A run that already finished with the same config (its ``metrics.json`` written) is
+    kept, so a grid stopped half-way continues where it stopped; ``rerun`` redoes it.
+    """
     out_dir = Path(out_dir)
-    _, scorer = build_scorer_and_backbone(config)
+    scorer = None
     runs = []
     for variant in variants:
         for seed in seeds:
             run_dir = out_dir / variant["name"] / f"seed{seed}"
-            print(f"== {variant['name']}, seed {seed} -> {run_dir}", flush=True)
             cfg = variant_config(config, variant["name"], variant["method"],
                                  variant.get("set", []), seed)
-            run_experiment(cfg, run_dir, progress, scorer=scorer)
             runs.append(run_dir)
+            if not rerun and is_finished(run_dir, cfg):
+                print(f"== {variant['name']}, seed {seed}: finished in {run_dir}, kept",
+                      flush=True)
+                continue
+            print(f"== {variant['name']}, seed {seed} -> {run_dir}", flush=True)
+            if scorer is None:
+                _, scorer = build_scorer_and_backbone(config)
+            run_experiment(cfg, run_dir, progress, scorer=scorer)
     return _write_comparison(out_dir, runs)
+
+
+def is_finished(run_dir: Path, config: ExperimentConfig) -> bool:
+    """Whether ``run_dir`` holds a completed run (metrics written) of exactly ``config``."""
+    if not (run_dir / rundir.METRICS).exists() or not (run_dir / rundir.CONFIG).exists():
+        return False
+    saved = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    return saved == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _write_comparison(out_dir: Path, runs: list[Path]) -> tuple[str, str]:
@@ -77,6 +99,7 @@ def run_grid(
     methods: list[str],
     seeds: list[int],
     progress: bool = True,
+    rerun: bool = False,
 ) -> tuple[str, str]:
     """Run every (method, seed) into ``out_dir/<method>/seed<k>`` and compare them.
 
@@ -84,4 +107,4 @@ def run_grid(
     Returns the comparison table as (markdown, csv), also written to ``out_dir``.
     """
     variants = [{"name": method, "method": method} for method in methods]
-    return run_variants(config, out_dir, variants, seeds, progress)
+    return run_variants(config, out_dir, variants, seeds, progress, rerun)

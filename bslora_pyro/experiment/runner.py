@@ -200,6 +200,7 @@ def run_experiment(
 
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / rundir.METRICS).unlink(missing_ok=True)  # only a finished run has metrics
     for stale in () if resume else (rundir.TRAIN_LOG, rundir.GATE_LOG):
         (run_dir / stale).unlink(missing_ok=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
