@@ -205,6 +205,53 @@ def check_laplace(trained):
     last.fit_posthoc(trained.train[:4], last.scorer.encode)
     assert set(last.hessian) == {"lm_head.lora_A", "lm_head.lora_B"}
     assert last.prior_precision == 2.0
+    check_linearised_predictive(method, trained.evaluation[:3])
+
+
+def check_linearised_predictive(method, examples):
+    """The Jacobian agrees with finite differences, the logit covariance does not depend
+    on batching, and the M draws follow N(f(theta*), J Sigma J^T)."""
+    assert method.predictive == "linearised" and method.predict_batch_size == 1
+    batch = method.scorer.encode(examples)
+    mean, jacobian = method.logit_jacobian(batch)
+    params = list(method.laplace_parameters().values())
+    direction = torch.randn(jacobian.shape[-1], generator=torch.Generator().manual_seed(0))
+    direction /= direction.norm()
+
+    def shifted(step: float) -> torch.Tensor:
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                p.add_(step * direction[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+            return method.predict_logits(batch, 1, deterministic=True)[0]
+
+    eps = 1e-2
+    plus, minus = shifted(eps), shifted(-2 * eps)
+    shifted(eps)  # back to theta*
+    finite = (plus - minus) / (2 * eps)
+    torch.testing.assert_close(jacobian @ direction, finite, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(mean, method.predict_logits(batch, 1, deterministic=True)[0])
+    _, covariance = method.logit_distribution(batch)
+    for i, example in enumerate(examples):
+        _, alone = method.logit_distribution(method.scorer.encode([example]))
+        torch.testing.assert_close(covariance[i], alone[0], rtol=1e-4, atol=1e-6)
+    torch.manual_seed(0)
+    draws = method.predict_logits(batch, num_samples=4000)
+    centred = draws - mean
+    empirical = torch.einsum("mbc,mbd->bcd", centred, centred) / len(draws)
+    scale = covariance.diagonal(dim1=-2, dim2=-1).max()
+    assert scale > 0
+    torch.testing.assert_close(empirical, covariance, rtol=0, atol=0.1 * float(scale))
+    torch.testing.assert_close(centred.mean(0), torch.zeros_like(mean), rtol=0,
+                               atol=0.1 * float(scale.sqrt()))
+    method.predictive = "sample"  # the weight-sampling predictive stays available
+    try:
+        assert method.predict_batch_size is None
+        draws = method.predict_logits(batch, num_samples=3)
+        assert draws.shape == (3, *mean.shape) and not torch.allclose(draws[0], draws[1])
+    finally:
+        method.predictive = "linearised"
 
 
 def check_temperature_scaling(trained):

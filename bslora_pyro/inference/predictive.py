@@ -56,6 +56,7 @@ def predict(
     if isinstance(method, torch.nn.Module):
         method.eval()
     torch.manual_seed(seed)
+    batch_size = getattr(method, "predict_batch_size", None) or batch_size
     parts, labels, masks = [], [], []
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, disable=not progress, desc="predict", dynamic_ncols=True):

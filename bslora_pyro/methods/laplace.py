@@ -14,11 +14,19 @@ laplace-torch):
    unique maximiser is found by bisection on its derivative;
 3. keeps the posterior ``N(theta*, diag(1 / (h + delta)))``.
 
-Prediction is Monte Carlo over logits: M draws of the selected factors from the posterior,
-one forward each (not the linearised predictive of the paper; K-FAC is not implemented).
-``subset="last_layer"`` restricts the Laplace to the last adapted module (still diagonal).
-"""
+Prediction (``predictive``):
 
+- ``"linearised"`` (default, as in Laplace-LoRA): the logits are linearised around
+  ``theta*``, ``f(theta) ~ f(theta*) + J (theta - theta*)``, so per question they are
+  Gaussian with mean ``f(theta*)`` and covariance ``J diag(sigma^2) J^T``; the M draws are
+  Monte Carlo over logits. ``J`` takes one backward pass per choice, so questions are
+  predicted one at a time (:attr:`LaplaceLora.predict_batch_size`).
+- ``"sample"``: M draws of the factors from the posterior, one forward each. Known to
+  underfit for a GGN posterior (the network is not linear over the posterior's width).
+
+K-FAC is not implemented. ``subset="last_layer"`` restricts the Laplace to the last
+adapted module (still diagonal).
+"""
 from __future__ import annotations
 
 import math
@@ -32,8 +40,14 @@ from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.mle import PlainLora, load_method, take_options
 
 NAME = "laplace"
-DEFAULTS = {"subset": "all", "prior_precision": None, "weight_decay": None}
+DEFAULTS = {
+    "subset": "all",
+    "prior_precision": None,
+    "weight_decay": None,
+    "predictive": "linearised",
+}
 SUBSETS = ("all", "last_layer")
+PREDICTIVES = ("linearised", "sample")
 
 
 class LaplaceLora(PlainLora):
@@ -45,9 +59,11 @@ class LaplaceLora(PlainLora):
         subset: str,
         prior_precision: float | None,
         weight_decay: float | None,
+        predictive: str = "linearised",
     ) -> None:
         super().__init__(backbone, scorer, adapter, weight_decay=weight_decay, name=NAME)
         self.subset = subset
+        self.predictive = predictive
         self.fixed_prior_precision = prior_precision
         self.prior_precision: float | None = None
         self.log_likelihood: float | None = None
@@ -140,11 +156,52 @@ class LaplaceLora(PlainLora):
         return {k: 1.0 / (h + self.prior_precision) for k, h in self.hessian.items()}
 
     # --- prediction ---------------------------------------------------------------------
+    @property
+    def predict_batch_size(self) -> int | None:
+        """Questions per predictive batch: 1 for the linearised predictive (its Jacobian
+        needs one backward pass per choice and question), else the caller's choice."""
+        return 1 if self.predictive == "linearised" else None
+
+    def logit_jacobian(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, C]`` at the posterior mean and their Jacobian ``[B, C, P]`` with
+        respect to the flattened Laplace parameters (zero rows for padded choices)."""
+        tensors = list(self.laplace_parameters().values())
+        self.prepare(1, sample=False)
+        with torch.enable_grad():
+            logits = self.scorer.logits(self.backbone, batch, 1)[0]
+            size = sum(t.numel() for t in tensors)
+            jacobian = logits.new_zeros(*logits.shape, size)
+            mask = batch.choice_mask.to(logits.device)
+            pairs = mask.nonzero().tolist()
+            for k, (b, c) in enumerate(pairs):
+                grads = torch.autograd.grad(
+                    logits[b, c], tensors, retain_graph=k < len(pairs) - 1, allow_unused=True
+                )
+                jacobian[b, c] = torch.cat([
+                    torch.zeros(t.numel(), device=logits.device) if g is None else g.flatten()
+                    for g, t in zip(grads, tensors, strict=True)
+                ])
+        return logits.detach(), jacobian
+
+    def logit_distribution(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linearised predictive: logit means ``[B, C]`` and covariances ``[B, C, C]``."""
+        variance = torch.cat([v.flatten() for v in self.posterior_variance().values()])
+        mean, jacobian = self.logit_jacobian(batch)
+        variance = variance.to(jacobian)
+        covariance = torch.einsum("bcp,p,bdp->bcd", jacobian, variance, jacobian)
+        return mean, covariance
+
     @torch.no_grad()
     def predict_logits(self, batch, num_samples: int = 1, deterministic: bool = False):
         """``[M, B, C]`` logits under M posterior draws, or ``[1, B, C]`` at the mean."""
         if deterministic:
             return super().predict_logits(batch, 1, True)
+        if self.predictive == "linearised":
+            mean, covariance = self.logit_distribution(batch)
+            values, vectors = torch.linalg.eigh(covariance.double())
+            root = (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)).to(mean)  # [B, C, C]
+            noise = torch.randn(num_samples, *mean.shape, device=mean.device, dtype=mean.dtype)
+            return mean + torch.einsum("bcd,mbd->mbc", root, noise)
         params = self.laplace_parameters()
         stds = {k: v.sqrt() for k, v in self.posterior_variance().items()}
         means = {k: p.detach().clone() for k, p in params.items()}
@@ -178,10 +235,15 @@ class LaplaceLora(PlainLora):
 
 def build(backbone, scorer, adapter, options: dict) -> LaplaceLora:
     """Options: ``subset`` ("all" or "last_layer"), ``prior_precision`` (None = tuned by
-    marginal likelihood), ``weight_decay`` (None = the training config's; > 0 = MAP)."""
+    marginal likelihood), ``weight_decay`` (None = the training config's; > 0 = MAP),
+    ``predictive`` ("linearised" or "sample")."""
     options = take_options(NAME, options, DEFAULTS)
     if options["subset"] not in SUBSETS:
         raise MethodError(f"laplace.subset must be one of {SUBSETS}, got {options['subset']!r}")
+    if options["predictive"] not in PREDICTIVES:
+        raise MethodError(
+            f"laplace.predictive must be one of {PREDICTIVES}, got {options['predictive']!r}"
+        )
     precision, decay = options["prior_precision"], options["weight_decay"]
     if precision is not None and not float(precision) > 0:
         raise MethodError(f"laplace.prior_precision must be positive, got {precision!r}")
@@ -192,6 +254,7 @@ def build(backbone, scorer, adapter, options: dict) -> LaplaceLora:
         options["subset"],
         None if precision is None else float(precision),
         None if decay is None else float(decay),
+        options["predictive"],
     )
     method.options = options
     return method
