@@ -207,3 +207,17 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
     state = load_file(str(folder / "state.safetensors"))
     assert all(torch.isfinite(v).all() for k, v in state.items() if k.startswith("param/"))
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    text, tensors = tmp_path / "metrics.json", tmp_path / "weights.safetensors"
+    atomic_write_text(text, "{}")
+    atomic_save_tensors({"a": torch.zeros(2)}, tensors)
+    expected = plain.stat().st_mode & 0o777
+    assert text.stat().st_mode & 0o777 == expected
+    assert tensors.stat().st_mode & 0o777 == expected
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries

@@ -22,9 +22,19 @@ POSTERIOR_CONFIG = "posterior.json"
 FORMAT = "bslora-posterior"
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` with the permissions ``open`` would give it
+    (``mkstemp`` alone makes it private to the owner)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = _temporary_beside(path)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         handle.flush()
@@ -34,7 +44,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
     """``safetensors`` save through a temporary file and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = _temporary_beside(path)
     os.close(fd)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(contiguous, tmp, metadata=metadata)
