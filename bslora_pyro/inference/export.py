@@ -26,10 +26,14 @@ def _temporary_beside(path: Path) -> tuple[int, str]:
     """A temporary file next to ``path`` with the permissions ``open`` would give it
     (``mkstemp`` alone makes it private to the owner)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    _plain_permissions(tmp)
+    return fd, tmp
+
+
+def _plain_permissions(file: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
+    os.chmod(file, 0o666 & ~umask)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -47,7 +51,8 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=N
     fd, tmp = _temporary_beside(path)
     os.close(fd)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(contiguous, tmp, metadata=metadata)
+    save_file(contiguous, tmp, metadata=metadata)  # writes a new file: permissions again
+    _plain_permissions(tmp)
     os.replace(tmp, path)
 
 
