@@ -69,6 +69,10 @@ def test_compare_table_pools_seeds(grid_dir, capsys, tmp_path):
     out, _, _ = grid_dir
     table = (out / "comparison.md").read_text()
     assert "tiny/bslora" in table and "±" in table and "**" in table
+    header = table.splitlines()[0]
+    assert header.index("arc_easy:dev acc") < header.index("arc_challenge:dev acc")  # config
+    rows = [line.split(" | ")[0] for line in table.splitlines()[2:]]
+    assert rows == ["| tiny/zero_shot", "| tiny/mle", "| tiny/bslora"]  # the grid's order
     runs = [str(p) for p in sorted(out.glob("*/seed*"))]
     assert main(["compare", *runs, "--out", str(tmp_path)]) == 0
     assert (tmp_path / "comparison.csv").read_text().count("tiny/mle") == 8  # 2 sets x 4 metrics

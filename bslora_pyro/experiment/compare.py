@@ -49,10 +49,11 @@ def _fmt(values: list[float]) -> str:
 
 
 def compare_tables(run_dirs: list[Path], metrics=METRICS) -> tuple[str, str]:
-    """(markdown, csv): rows = settings, columns = eval set x metric; best per column in
-    bold (highest accuracy, lowest of the others)."""
+    """(markdown, csv): rows = settings in the order given, columns = eval set (in the
+    config's order: in-distribution first) x metric; best per column in bold (highest
+    accuracy, lowest of the others)."""
     table = collect(run_dirs)
-    sets = sorted({s for setting in table.values() for s in setting})
+    sets = list(dict.fromkeys(s for setting in table.values() for s in setting))  # config order
     columns = [(s, m) for s in sets for m in metrics]
     best = {}
     for column in columns:
