@@ -86,15 +86,20 @@ def test_grid_keeps_finished_runs_and_redoes_unfinished_ones(grid_dir, capsys, t
     assert main(args) == 0
     kept = grid_out / "mle" / "seed0" / "metrics.json"
     stamp = kept.stat().st_mtime_ns
-    (grid_out / "mle" / "seed1" / "metrics.json").unlink()  # as if killed before the end
+    seed1 = grid_out / "mle" / "seed1"
+    predictions = (seed1 / "predictions" / "arc_easy__dev.jsonl").read_text()
+    (seed1 / "metrics.json").unlink()  # as if killed after its last checkpoint
     capsys.readouterr()
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "mle, seed 0: finished" in printed and "mle, seed 1 ->" in printed
+    assert "mle, seed 0: finished" in printed
+    assert "mle, seed 1 -> " in printed and "(resuming from its checkpoint)" in printed
     assert kept.stat().st_mtime_ns == stamp
-    assert (grid_out / "mle" / "seed1" / "metrics.json").is_file()
+    assert (seed1 / "metrics.json").is_file()
+    assert (seed1 / "predictions" / "arc_easy__dev.jsonl").read_text() == predictions
     assert main([*args[:-2], "--set", "train.steps=2", "--set", f"model.name={model}"]) == 0
-    assert ": finished in" not in capsys.readouterr().out  # another config: not finished
+    printed = capsys.readouterr().out
+    assert ": finished in" not in printed and "resuming" not in printed  # another config
     assert kept.stat().st_mtime_ns != stamp
 
 

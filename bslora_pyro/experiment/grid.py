@@ -55,7 +55,8 @@ def run_variants(
     into ``out_dir/<name>/seed<k>``, and compare them.
 
     A run that already finished with the same config (its ``metrics.json`` written) is
-    kept, so a grid stopped half-way continues where it stopped; ``rerun`` redoes it.
+    kept, and one that was stopped after a checkpoint resumes from it, so a grid stopped
+    half-way continues where it stopped; ``rerun`` redoes every run from the start.
     """
     out_dir = Path(out_dir)
     scorer = None
@@ -70,19 +71,35 @@ def run_variants(
                 print(f"== {variant['name']}, seed {seed}: finished in {run_dir}, kept",
                       flush=True)
                 continue
-            print(f"== {variant['name']}, seed {seed} -> {run_dir}", flush=True)
+            resume = not rerun and has_checkpoint(run_dir, cfg)
+            print(f"== {variant['name']}, seed {seed} -> {run_dir}"
+                  + (" (resuming from its checkpoint)" if resume else ""), flush=True)
             if scorer is None:
                 _, scorer = build_scorer_and_backbone(config)
-            run_experiment(cfg, run_dir, progress, scorer=scorer)
+            run_experiment(cfg, run_dir, progress, scorer=scorer, resume=resume)
     return _write_comparison(out_dir, runs)
+
+
+def _same_config(run_dir: Path, config: ExperimentConfig) -> bool:
+    if not (run_dir / rundir.CONFIG).exists():
+        return False
+    saved = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    return saved == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def is_finished(run_dir: Path, config: ExperimentConfig) -> bool:
     """Whether ``run_dir`` holds a completed run (metrics written) of exactly ``config``."""
-    if not (run_dir / rundir.METRICS).exists() or not (run_dir / rundir.CONFIG).exists():
-        return False
-    saved = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
-    return saved == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return (run_dir / rundir.METRICS).exists() and _same_config(run_dir, config)
+
+
+def has_checkpoint(run_dir: Path, config: ExperimentConfig) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of ``config`` with a checkpoint (a run
+    started afresh deletes any older checkpoint, so it belongs to this config)."""
+    from bslora_pyro.inference.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+
+    return _same_config(run_dir, config) and (
+        latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
+    )
 
 
 def _write_comparison(out_dir: Path, runs: list[Path]) -> tuple[str, str]:

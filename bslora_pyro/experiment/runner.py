@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.config import ConfigError, ExperimentConfig, SplitConfig
 from bslora_pyro.experiment.evaluation import set_metrics
+from bslora_pyro.inference.checkpoint import CHECKPOINT_DIR
 
 log = logging.getLogger("bslora_pyro")
 
@@ -201,8 +203,10 @@ def run_experiment(
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / rundir.METRICS).unlink(missing_ok=True)  # only a finished run has metrics
-    for stale in () if resume else (rundir.TRAIN_LOG, rundir.GATE_LOG):
-        (run_dir / stale).unlink(missing_ok=True)
+    if not resume:  # a fresh run: nothing of an earlier one may be resumed or appended to
+        for stale in (rundir.TRAIN_LOG, rundir.GATE_LOG):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
                                                                      sort_keys=False))
     seed_everything(config.seed)
