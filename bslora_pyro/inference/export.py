@@ -22,38 +22,36 @@ POSTERIOR_CONFIG = "posterior.json"
 FORMAT = "bslora-posterior"
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
-    """A temporary file next to ``path`` with the permissions ``open`` would give it
-    (``mkstemp`` alone makes it private to the owner)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    _plain_permissions(tmp)
-    return fd, tmp
-
-
-def _plain_permissions(file: str) -> None:
-    umask = os.umask(0)
+def _umask() -> int:
+    umask = os.umask(0)  # reading the umask means setting it, then putting it back
     os.umask(umask)
-    os.chmod(file, 0o666 & ~umask)
+    return umask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the permissions a plain write would (``mkstemp``
+    makes it owner-only) and rename it over ``path`` atomically."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    fd, tmp = _temporary_beside(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
     """``safetensors`` save through a temporary file and an atomic rename."""
-    fd, tmp = _temporary_beside(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(contiguous, tmp, metadata=metadata)  # writes a new file: permissions again
-    _plain_permissions(tmp)
-    os.replace(tmp, path)
+    save_file(contiguous, tmp, metadata=metadata)
+    _publish(tmp, path)
 
 
 def posterior_state(method) -> dict[str, torch.Tensor]:
