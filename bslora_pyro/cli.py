@@ -13,9 +13,7 @@ def _train(args: argparse.Namespace) -> None:
     from bslora_pyro.experiment.report import metrics_table
     from bslora_pyro.experiment.runner import run_experiment
 
-    config = load_config(args.config, args.set)
-    if args.data_dir:
-        config.data.dir = args.data_dir
+    config = load_config(args.config, args.set, args.data_dir)
     results = run_experiment(config, args.out, progress=not args.quiet, resume=args.resume)
     if results:  # empty on the non-main processes of a multi-process launch
         print(metrics_table(results))
@@ -49,9 +47,7 @@ def _grid(args: argparse.Namespace) -> None:
     from bslora_pyro.experiment.config import load_config
     from bslora_pyro.experiment.grid import run_grid
 
-    config = load_config(args.config, args.set)
-    if args.data_dir:
-        config.data.dir = args.data_dir
+    config = load_config(args.config, args.set, args.data_dir)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     markdown, _ = run_grid(config, args.out, methods, seeds, progress=not args.quiet,

@@ -17,9 +17,7 @@ from bslora_pyro.experiment.grid import run_variants
 
 
 def main(args: argparse.Namespace) -> None:
-    config = load_config(args.config, args.set)
-    if args.data_dir:
-        config.data.dir = args.data_dir
+    config = load_config(args.config, args.set, args.data_dir)
     variants = yaml.safe_load(open(args.variants))["variants"]
     if args.only:
         keep = set(args.only.split(","))

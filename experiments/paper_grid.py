@@ -52,9 +52,7 @@ def task_config(base, task: str):
 
 
 def main(args: argparse.Namespace) -> None:
-    base = load_config(args.config, args.set)
-    if args.data_dir:
-        base.data.dir = args.data_dir
+    base = load_config(args.config, args.set, args.data_dir)
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)

@@ -199,8 +199,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
-    """Read a YAML config (or defaults), apply ``--set`` overrides, validate."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    data_dir: str | None = None,
+):
+    """Read a YAML config (or defaults), apply ``--set`` overrides, validate; a
+    ``data_dir`` (the ``--data-dir`` option) replaces ``data.dir``."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -210,4 +215,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    return build_dataclass(ExperimentConfig, apply_overrides(data, overrides or []))
+    config = build_dataclass(ExperimentConfig, apply_overrides(data, overrides or []))
+    if data_dir:
+        config.data.dir = data_dir
+    return config
