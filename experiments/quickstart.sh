@@ -5,11 +5,7 @@
 # Extra arguments go to `bslora grid` (e.g. --seeds 0,1,2 or --set train.steps=100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-if [ -z "${BSLORA_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
-  export BSLORA_DATA_DIR="$(cd ../shared/data && pwd)"  # local copies, else the HF hub
-fi
-export TOKENIZERS_PARALLELISM=false
+source scripts/experiment_env.sh
 .venv/bin/bslora grid experiments/configs/quickstart.yaml --out runs/quickstart \
   --methods zero_shot,mle,bslora "$@"
 for run in runs/quickstart/*/seed*/; do
