@@ -11,6 +11,7 @@ from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.compare import compare_tables
 from bslora_pyro.experiment.config import ExperimentConfig, build_dataclass
 from bslora_pyro.experiment.runner import build_scorer_and_backbone, run_experiment
+from bslora_pyro.inference.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 
 #: per-method settings that differ from the shared config (the same data, seeds, steps)
 METHOD_DEFAULTS: dict[str, dict] = {
@@ -67,11 +68,13 @@ def run_variants(
             cfg = variant_config(config, variant["name"], variant["method"],
                                  variant.get("set", []), seed)
             runs.append(run_dir)
-            if not rerun and is_finished(run_dir, cfg):
+            same = not rerun and _same_config(run_dir, cfg)
+            if same and (run_dir / rundir.METRICS).exists():  # only a finished run has it
                 print(f"== {variant['name']}, seed {seed}: finished in {run_dir}, kept",
                       flush=True)
                 continue
-            resume = not rerun and has_checkpoint(run_dir, cfg)
+            # a run started afresh deletes older checkpoints, so this one is of ``cfg``
+            resume = same and latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
             print(f"== {variant['name']}, seed {seed} -> {run_dir}"
                   + (" (resuming from its checkpoint)" if resume else ""), flush=True)
             if scorer is None:
@@ -81,25 +84,11 @@ def run_variants(
 
 
 def _same_config(run_dir: Path, config: ExperimentConfig) -> bool:
+    """Whether ``run_dir`` was started with exactly ``config``."""
     if not (run_dir / rundir.CONFIG).exists():
         return False
     saved = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
     return saved == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def is_finished(run_dir: Path, config: ExperimentConfig) -> bool:
-    """Whether ``run_dir`` holds a completed run (metrics written) of exactly ``config``."""
-    return (run_dir / rundir.METRICS).exists() and _same_config(run_dir, config)
-
-
-def has_checkpoint(run_dir: Path, config: ExperimentConfig) -> bool:
-    """Whether ``run_dir`` holds an unfinished run of ``config`` with a checkpoint (a run
-    started afresh deletes any older checkpoint, so it belongs to this config)."""
-    from bslora_pyro.inference.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-
-    return _same_config(run_dir, config) and (
-        latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    )
 
 
 def _write_comparison(out_dir: Path, runs: list[Path]) -> tuple[str, str]:
