@@ -5,9 +5,10 @@ runner calls ``fit_posthoc(train_examples, encode)``, which (computed here, with
 laplace-torch):
 
 1. sums over the training set the diagonal of the generalised Gauss-Newton matrix, which
-   for a softmax likelihood equals the expected Fisher: per example one forward and one
-   backward pass per choice, ``h += sum_c p_c (d log p_c / d theta)^2`` (exact in the
-   labels, not the empirical Fisher);
+   for a softmax likelihood equals the expected Fisher: per example the logit Jacobian
+   ``J`` (one backward pass per choice, as for prediction), then
+   ``h += sum_c p_c (J_c - sum_k p_k J_k)^2``, i.e. ``sum_c p_c (d log p_c / d theta)^2``
+   (exact in the labels, not the empirical Fisher);
 2. picks the precision ``delta`` of the prior ``theta ~ N(0, 1 / delta)`` that maximises
    the Laplace log marginal likelihood ``log p(D | theta*) - delta ||theta*||^2 / 2
    + (P / 2) log delta - sum_i log(h_i + delta) / 2``; it is concave in ``delta``, so the
@@ -84,23 +85,22 @@ class LaplaceLora(PlainLora):
         if not examples:
             raise ValueError("cannot fit a Laplace approximation on an empty dataset")
         params = self.laplace_parameters()
-        tensors = list(params.values())
-        hessian = [torch.zeros_like(p) for p in tensors]
-        log_likelihood = 0.0
+        hessian, log_likelihood = None, 0.0
         self.eval()
-        self.prepare(1, sample=False)
         for example in examples:
-            batch = encode([example])
-            with torch.enable_grad():
-                logits = self.scorer.logits(self.backbone, batch, 1)[0, 0, : example.num_choices]
-                log_p = torch.log_softmax(logits, dim=-1)
-                probs = log_p.detach().exp()
-                log_likelihood += float(log_p.detach()[example.label])
-                for c in range(len(log_p)):
-                    grads = torch.autograd.grad(log_p[c], tensors, retain_graph=c < len(log_p) - 1)
-                    for h, g in zip(hessian, grads, strict=True):
-                        h.add_(probs[c] * g.square())
-        self.hessian = dict(zip(params, hessian, strict=True))
+            logits, jacobian = self.logit_jacobian(encode([example]))
+            valid = example.num_choices
+            log_p = torch.log_softmax(logits[0, :valid], dim=-1)
+            probs = log_p.exp()
+            log_likelihood += float(log_p[example.label])
+            scores = jacobian[0, :valid] - probs @ jacobian[0, :valid]  # d log p_c / d theta
+            term = probs @ scores.square()
+            hessian = term if hessian is None else hessian.add_(term)
+        sizes = [p.numel() for p in params.values()]
+        self.hessian = {
+            name: h.view_as(p).clone()  # own storage: safetensors refuses shared tensors
+            for (name, p), h in zip(params.items(), hessian.split(sizes), strict=True)
+        }
         self.log_likelihood = log_likelihood
         self.prior_precision = self.fixed_prior_precision or self.tune_prior_precision()
         return {
@@ -178,7 +178,7 @@ class LaplaceLora(PlainLora):
                     logits[b, c], tensors, retain_graph=k < len(pairs) - 1, allow_unused=True
                 )
                 jacobian[b, c] = torch.cat([
-                    torch.zeros(t.numel(), device=logits.device) if g is None else g.flatten()
+                    t.new_zeros(t.numel()) if g is None else g.flatten()
                     for g, t in zip(grads, tensors, strict=True)
                 ])
         return logits.detach(), jacobian
