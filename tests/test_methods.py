@@ -306,3 +306,10 @@ CHECKS = {
 def test_method_specific_property(trained):
     assert trained.name in CHECKS, f"add a check of its own for method {trained.name!r}"
     CHECKS[trained.name](trained)
+
+
+@pytest.mark.parametrize("options", [{"predictive": "probit"}, {"subset": "first_layer"}])
+def test_laplace_rejects_a_bad_option_value_by_name(options):
+    (key, value), = options.items()
+    with pytest.raises(MethodError, match=f"laplace.{key} must be one of .*{value}"):
+        build("laplace", options)
