@@ -6,7 +6,37 @@ are created from small configs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+
+#: Tolerance for two float32 computations that are equal in exact arithmetic but may round
+#: differently (fast path vs slow path, chunked vs whole, cached vs uncached, another thread
+#: count or CPU): relative, about 80 float32 ulps, with a small absolute floor for values
+#: near zero. Summed log-likelihoods reach ~100, where one ulp is already 7.6e-6.
+ROUNDING = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def assert_equal_up_to_rounding(actual, expected, msg: str | None = None) -> None:
+    """``actual == expected`` up to float32 rounding (see :data:`ROUNDING`)."""
+    torch.testing.assert_close(actual, expected, **ROUNDING, msg=msg)
+
+
+#: Two intra-op thread counts: kernels split their reductions differently under each, so
+#: a tolerance too tight for another machine's summation order fails in the suite itself.
+THREAD_COUNTS = (1, 2)
+
+
+@contextmanager
+def num_threads(count: int) -> Iterator[int]:
+    """Run the block with ``count`` torch threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def tiny_tokenizer(padding_side: str = "left"):

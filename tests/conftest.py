@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 
+from bslora_pyro.testing import THREAD_COUNTS, num_threads
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -37,6 +39,14 @@ def make_questions(n: int, num_choices: int = 3, seed: int = 0):
             )
         )
     return out
+
+
+@pytest.fixture(params=THREAD_COUNTS, ids=lambda n: f"threads{n}")
+def thread_count(request):
+    """Run a numerically sensitive test once per thread count (see ``THREAD_COUNTS``);
+    modules opt in with ``pytestmark = pytest.mark.usefixtures("thread_count")``."""
+    with num_threads(request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from bslora_pyro.inference.distributed import (
     wants_accelerate,
 )
 from bslora_pyro.inference.svi import SVITrainer, TrainConfig
+from bslora_pyro.testing import ROUNDING, assert_equal_up_to_rounding
 
 VARIANTS = [("mle", 1), ("bslora", 1), ("bslora", 2)]  # (method, accumulation micro-steps)
 
@@ -98,16 +99,19 @@ def test_two_processes_match_one_process(tmp_path, fresh_accelerate, monkeypatch
         record = json.loads((tmp_path / f"{tag}.json").read_text())
         got = load_file(str(tmp_path / f"{tag}.safetensors"))
         assert record["ddp"], "the 2-process run should train through DDP"
-        assert record["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-5), tag
+        # the workers run 1 thread, this process 2: other summation orders, and DDP's mean
+        assert record["losses"] == pytest.approx(losses, rel=ROUNDING["rtol"], abs=ROUNDING["atol"]), tag
         assert got.keys() == params.keys()
         for name, value in params.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-5, msg=f"{tag} {name}")
+            assert_equal_up_to_rounding(got[name], value, msg=f"{tag} {name}")
         assert len(set(losses)) == len(losses), "the loss should move"
 
 
 def test_one_process_accelerate_equals_plain_trainer(fresh_accelerate):
     plain_losses, plain, _ = run("mle", 1, SVITrainer)
     losses, params, _ = run("mle", 1)
+    # exact: one process runs the same forward and backward, in the same order and with the
+    # same kernels, as the plain trainer; accelerate adds no reduction of its own
     assert losses == plain_losses
     for name, value in plain.items():
         assert torch.equal(params[name], value), name
@@ -143,7 +147,8 @@ def test_accelerate_trainer_resumes_exactly(tmp_path, fresh_accelerate):
     resumed = AccelerateTrainer(method, method.scorer.encode, train_config(2))
     assert restore_checkpoint(resumed, tmp_path) == 1
     resumed.fit(examples, progress=False)
-    assert resumed.history[-1]["loss"] == pytest.approx(full_losses[-1], rel=1e-6)
-    for name, p in method.named_parameters():  # 1e-6: the scorer's prefix cache starts cold
+    # up to rounding, not bit-exact: the scorer's prefix cache starts cold after the resume
+    assert resumed.history[-1]["loss"] == pytest.approx(full_losses[-1], rel=ROUNDING["rtol"])
+    for name, p in method.named_parameters():
         if p.requires_grad:
-            torch.testing.assert_close(p.detach(), full[name], rtol=0, atol=1e-6, msg=name)
+            assert_equal_up_to_rounding(p.detach(), full[name], msg=name)
