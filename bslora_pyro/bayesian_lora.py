@@ -16,6 +16,7 @@ from pyro import poutine
 from torch import nn
 
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
+from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
 from bslora_pyro.adapter.inject import adapter_parameters
 from bslora_pyro.models import GatePrior, GuideConfig, get_prior
 
@@ -39,6 +40,8 @@ class BayesianLora(nn.Module):
         prior: a prior name from :mod:`bslora_pyro.models` or a ``GatePrior`` class.
         prior_kwargs: the prior's hyperparameters, e.g. ``{"p0": 0.5}``.
         guide: the variational family settings (temperature, straight-through, ...).
+        factor_prior_std: a Gaussian prior N(0, std^2) on the LoRA factors, whose point
+            estimates are then MAP rather than maximum likelihood (``None``: no prior).
     """
 
     def __init__(
@@ -49,9 +52,11 @@ class BayesianLora(nn.Module):
         prior: str | type[GatePrior] = "bernoulli",
         prior_kwargs: dict | None = None,
         guide: GuideConfig | None = None,
+        factor_prior_std: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.factor_prior_std = check_factor_prior_std(factor_prior_std, "bslora")
         self.scorer = scorer
         self.adapter_config = adapter or AdapterConfig()
         self.adapters: dict[str, GatedLoraLinear] = inject_gated_lora(backbone, self.adapter_config)
@@ -101,6 +106,7 @@ class BayesianLora(nn.Module):
         with pyro.plate("draws", num_draws, dim=-2), poutine.scale(scale=1.0 / num_draws):
             with pyro.plate("data", num_data, subsample=index, dim=-1):
                 pyro.sample("answer", dist.Categorical(logits=logits), obs=batch.labels)
+        observe_factor_prior(self.adapters, self.factor_prior_std)
         return logits
 
     def guide(

@@ -6,20 +6,28 @@ Example (a GPU machine with the hub reachable)::
     python experiments/paper_grid.py experiments/configs/paper_llama31_8b.yaml \
         --out runs/paper --methods mle,map,mc_dropout,ensemble,blob,laplace,bslora
 
+At CPU scale (``experiments/paper_cpu.sh``) the rows are named variants instead
+(``--variants experiments/paper_cpu_methods.yaml``: ``{name, method, set}`` each) and the
+sets are capped (``--train-limit``, ``--eval-limit``).
+
 ``--tasks`` picks the in-distribution tasks; each is trained on its train split and scored
 on its evaluation split. The shift evaluation reuses the OBQA runs: they are evaluated on
-ARC-C, ARC-E, MMLU college chemistry and college physics.
+ARC-C, ARC-E, MMLU college chemistry and college physics. A grid started again keeps the
+runs that finished and resumes the others from their checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 from pathlib import Path
 
-from bslora_pyro.experiment.compare import compare_tables
+import yaml
+
+from bslora_pyro.experiment.compare import TEMPERED_SUFFIX, collect
 from bslora_pyro.experiment.config import build_dataclass, load_config
-from bslora_pyro.experiment.grid import run_grid
+from bslora_pyro.experiment.grid import run_variants
 
 #: task -> (train split, evaluation split), as in the BLoB protocol
 IN_DISTRIBUTION = {
@@ -36,36 +44,92 @@ SHIFT = [
     ("mmlu:college_chemistry", "test"),
     ("mmlu:college_physics", "test"),
 ]
+SHORT = {"winogrande_s": "WG-S", "arc_challenge": "ARC-C", "arc_easy": "ARC-E",
+         "winogrande_m": "WG-M", "openbookqa": "OBQA", "boolq": "BoolQ",
+         "mmlu:college_chemistry": "Chem", "mmlu:college_physics": "Phy"}
+METRICS = ("acc", "ece", "nll", "brier")
 
 
-def task_config(base, task: str):
+def task_config(base, task: str, train_limit: int | None = None,
+                eval_limit: int | None = None):
     """The base config trained and evaluated on ``task`` (OBQA also gets the shift sets)."""
     data = copy.deepcopy(base.to_dict())
     train_split, eval_split = IN_DISTRIBUTION[task]
     data["name"] = task
-    data["data"]["train"] = {"task": task, "split": train_split, "limit": None}
-    evals = [{"task": task, "split": eval_split, "limit": None}]
+    data["data"]["train"] = {"task": task, "split": train_split, "limit": train_limit}
+    evals = [{"task": task, "split": eval_split, "limit": eval_limit}]
     if task == "openbookqa":
-        evals += [{"task": t, "split": s, "limit": None} for t, s in SHIFT]
+        evals += [{"task": t, "split": s, "limit": eval_limit} for t, s in SHIFT]
     data["data"]["eval"] = evals
     return build_dataclass(type(base), data)
 
 
+def columns(tasks: list[str]) -> list[tuple[str, str, str]]:
+    """(header, task folder, eval-set label) per column: in-distribution, then shift."""
+    out = [(SHORT.get(t, t), t, f"{t}:{IN_DISTRIBUTION[t][1]}") for t in tasks]
+    if "openbookqa" in tasks:
+        out += [(f"OBQA→{SHORT.get(t, t)}", "openbookqa", f"{t}:{s}") for t, s in SHIFT]
+    return out
+
+
+def _cell(values: list[float] | None) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Path]]]) -> str:
+    """One markdown table per metric: rows = variants (and ``<variant> + T`` for runs with
+    a post-hoc temperature), columns = tasks, then the OBQA shift sets. ``runs`` maps
+    task -> variant name -> its run directories (one per seed)."""
+    tables: dict[str, dict] = {}
+    for task, by_variant in runs.items():
+        table = tables.setdefault(task, {})
+        for name, paths in by_variant.items():
+            for setting, sets in collect(paths).items():
+                tempered = setting.endswith(TEMPERED_SUFFIX)
+                table[name + (TEMPERED_SUFFIX if tempered else "")] = sets
+    rows = list(dict.fromkeys(name for table in tables.values() for name in table))
+    cols = columns(tasks)
+    parts = []
+    for metric in METRICS:
+        lines = [f"### {metric.upper()}", "",
+                 "| method | " + " | ".join(header for header, _, _ in cols) + " |",
+                 "|---|" + "---|" * len(cols)]
+        for row in rows:
+            cells = [_cell(tables[task].get(row, {}).get(label, {}).get(metric))
+                     for _, task, label in cols]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    markdown = "\n\n".join(parts)
+    (out / "paper_table.md").write_text(markdown + "\n")
+    return markdown
+
+
+def read_variants(args: argparse.Namespace) -> list[dict]:
+    if args.variants:
+        return yaml.safe_load(Path(args.variants).read_text())["variants"]
+    return [{"name": m, "method": m} for m in args.methods.split(",")]
+
+
 def main(args: argparse.Namespace) -> None:
     base = load_config(args.config, args.set, args.data_dir)
-    methods = args.methods.split(",")
+    variants = read_variants(args)
     seeds = [int(s) for s in args.seeds.split(",")]
+    tasks = args.tasks.split(",")
     out = Path(args.out)
-    runs = []
-    for task in args.tasks.split(","):
+    runs: dict[str, dict[str, list[Path]]] = {}
+    for task in tasks:
         if task not in IN_DISTRIBUTION:
             raise SystemExit(f"unknown task {task!r}; choose from {', '.join(IN_DISTRIBUTION)}")
-        run_grid(task_config(base, task), out / task, methods, seeds, progress=not args.quiet)
-        runs += [out / task / m / f"seed{s}" for m in methods for s in seeds]
-    markdown, csv_text = compare_tables(runs)
-    (out / "paper_table.md").write_text(markdown + "\n")
-    (out / "paper_table.csv").write_text(csv_text)
-    print(markdown)
+        chosen = [v for v in variants if task in v.get("tasks", tasks)]
+        config = task_config(base, task, args.train_limit, args.eval_limit)
+        run_variants(config, out / task, chosen, seeds, progress=not args.quiet)
+        runs[task] = {v["name"]: [out / task / v["name"] / f"seed{s}" for s in seeds]
+                      for v in chosen}
+    print(paper_tables(out, tasks, runs))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,8 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config")
     parser.add_argument("--out", default="runs/paper")
     parser.add_argument("--methods", default="mle,map,mc_dropout,ensemble,blob,laplace,bslora")
+    parser.add_argument("--variants", help="YAML `variants: [{name, method, set, tasks}]` "
+                        "(replaces --methods; `tasks` limits a variant to some tasks)")
     parser.add_argument("--tasks", default=",".join(IN_DISTRIBUTION))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--train-limit", type=int, help="first N training questions per task")
+    parser.add_argument("--eval-limit", type=int, help="first N questions per evaluation set")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--data-dir")
     parser.add_argument("--quiet", action="store_true")

@@ -158,6 +158,29 @@ def test_elbo_matches_hand_computation_and_kl_direction():
     assert math.isclose(terms.loss.item(), nll.item() + kl_qp.item(), rel_tol=1e-5)
 
 
+def test_gaussian_factor_prior_is_an_exact_penalty_outside_the_nll():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    adapter = AdapterConfig(r=2, alpha=2.0, target_modules=["0"])
+    method = BayesianLora(net, _Linear(), adapter, factor_prior_std=0.5)
+    layer = method.adapters["0"]
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    batch, index = _Batch(torch.randn(2, 3), torch.tensor([1, 0])), torch.arange(2)
+    torch.manual_seed(1)
+    terms = ExactELBO()(method.model, method.guide, batch, index, 10, 2)
+    method.factor_prior_std = None
+    torch.manual_seed(1)
+    plain = ExactELBO()(method.model, method.guide, batch, index, 10, 2)
+    squares = layer.lora_A.square().sum() + layer.lora_B.square().sum()
+    expected = (0.5 * squares / 0.5**2).item()
+    assert math.isclose(terms.penalty.item(), expected, rel_tol=1e-6)
+    assert terms.nll.item() == plain.nll.item() and plain.penalty.item() == 0.0
+    assert math.isclose(terms.loss.item(), plain.loss.item() + expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="factor_prior_std must be a positive number"):
+        BayesianLora(nn.Sequential(nn.Linear(3, 2)), _Linear(), adapter, factor_prior_std=0)
+
+
 @pytest.mark.parametrize("prior", PRIORS)
 def test_elbo_decreases_on_a_learnable_task(prior):
     examples = make_questions(32, seed=3)

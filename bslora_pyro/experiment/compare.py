@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from bslora_pyro.experiment import rundir
+from bslora_pyro.experiment.rundir import TEMPERED
 
 METRICS = ("acc", "ece", "nll", "brier")
 LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc"}
@@ -22,22 +23,32 @@ def setting_of(run_dir: Path) -> str:
     return method if name in ("experiment", method) else f"{name}/{method}"
 
 
+#: the row suffix of a run's predictive under its post-hoc validation temperature
+TEMPERED_SUFFIX = " + T"
+
+
 def collect(run_dirs: list[Path]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """setting -> eval set -> metric -> values over seeds."""
+    """setting -> eval set -> metric -> values over seeds. A run with a post-hoc
+    temperature (``predict.posthoc_temperature``) also fills the row ``<setting> + T``."""
     table: dict = {}
     for run in run_dirs:
         run = Path(run)
         if not (run / rundir.METRICS).is_file():
             raise FileNotFoundError(f"{run} has no {rundir.METRICS}: is it a finished run?")
         metrics = rundir.read_metrics(run)
-        setting = table.setdefault(setting_of(run), {})
-        for name, values in metrics.items():
-            if name.startswith("_"):
-                continue
-            cell = setting.setdefault(name, {})
-            for metric, value in values.items():
-                if isinstance(value, (int, float)):
-                    cell.setdefault(metric, []).append(float(value))
+        rows = [(setting_of(run), metrics)]
+        tempered = metrics.get(TEMPERED)
+        if tempered:
+            rows.append((setting_of(run) + TEMPERED_SUFFIX, tempered["sets"]))
+        for label, sets in rows:
+            setting = table.setdefault(label, {})
+            for name, values in sets.items():
+                if name.startswith("_"):
+                    continue
+                cell = setting.setdefault(name, {})
+                for metric, value in values.items():
+                    if isinstance(value, (int, float)):
+                        cell.setdefault(metric, []).append(float(value))
     return table
 
 

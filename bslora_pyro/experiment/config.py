@@ -67,26 +67,49 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     """Training split and evaluation splits (the first is in-distribution; the rest are
-    distribution shifts scored for OOD detection against it)."""
+    distribution shifts scored for OOD detection against it).
+
+    ``validation_fraction`` of the training split (a permutation seeded with
+    ``validation_seed``, the same for every method and seed) is held out as the validation
+    split: early stopping, post-hoc temperatures and every tuned setting are chosen on it,
+    never on an evaluation set. 0 (default) holds nothing out.
+    """
 
     dir: str | None = None
     train: SplitConfig = field(default_factory=lambda: SplitConfig("arc_easy", "train", 600))
     eval: list[SplitConfig] = field(
         default_factory=lambda: [SplitConfig("arc_easy", "dev", 300)]
     )
-    heldout_fraction: float = 0.0
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.eval:
             raise ConfigError("data.eval must list at least one evaluation split")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"data.validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
+            )
 
 
 @dataclass
 class PredictConfig:
-    """Posterior predictive: ``num_samples`` gate draws (M), questions per batch."""
+    """Posterior predictive: ``num_samples`` gate draws (M), questions per batch.
+
+    ``posthoc_temperature``: also report every set under one temperature fitted on the
+    validation split (``data.validation_fraction``) to the method's own predictive (each
+    draw's logits divided by T, then averaged): the ``<method> + T`` rows of comparisons.
+    """
 
     num_samples: int = 10
     batch_size: int = 8
+    posthoc_temperature: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("num_samples", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"predict.{key} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -104,6 +127,16 @@ class ExperimentConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     log_every: int = 10
     checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        needs_validation = [key for key, on in (
+            ("train.validate_every", self.train.validate_every > 0),
+            ("predict.posthoc_temperature", self.predict.posthoc_temperature),
+        ) if on]
+        if needs_validation and self.data.validation_fraction <= 0:
+            raise ConfigError(
+                f"{needs_validation[0]} needs a validation split: set data.validation_fraction"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -84,9 +84,25 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
         lines.append(f"- train time {run.get('train_seconds')} s on {run.get('train_examples')} "
                      "examples" + (f"; expected active ranks {run['expected_active_ranks']:.1f}"
                                    if "expected_active_ranks" in run else ""))
+    if "early_stopping" in run:
+        stop = run["early_stopping"]
+        lines.append(f"- early stopping: weights of step {stop['best_step']} restored "
+                     f"(validation NLL {stop['best_val_nll']:.3f}; {stop['steps_trained']} "
+                     "steps trained)")
+    validation = metrics.get("_validation")
+    if validation:
+        lines.append(f"- validation split ({validation['n']} questions held out of training): "
+                     f"ACC {validation['acc']:.3f}, ECE {validation['ece']:.3f}, "
+                     f"NLL {validation['nll']:.3f}")
     lines += ["", "## Metrics", "", metrics_table(metrics), "",
               "OOD AUROC columns score the shifted sets against the first (in-distribution) set.",
-              "", "![reliability](reliability.png)", ""]
+              ""]
+    tempered = metrics.get(rundir.TEMPERED)
+    if tempered:
+        lines += [f"With the post-hoc temperature T = {tempered['temperature']:.3f} fitted on "
+                  "the validation split (every draw's logits divided by T):", "",
+                  metrics_table(tempered["sets"]), ""]
+    lines += ["![reliability](reliability.png)", ""]
     if train_log:
         first, last = train_log[0], train_log[-1]
         lines += ["## Training", "",

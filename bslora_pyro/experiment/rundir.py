@@ -17,6 +17,8 @@ GATE_LOG = "gate_history.jsonl"
 WEIGHTS = "weights"
 PREDICTIONS = "predictions"
 REPORT = "report.md"
+EARLY_STOPPING = "early_stopping"  # the best validated state (train.early_stopping)
+TEMPERED = "_posthoc_temperature"  # metrics.json key: every set under the validation T
 
 
 def safe_name(label: str) -> str:

@@ -41,6 +41,36 @@ def load_split(split: SplitConfig, data_dir: str | None) -> list:
     return load_task(split.task, split.split, data_dir=data_dir, limit=split.limit)
 
 
+def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
+    """``(train, validation)``: the training split, less the seeded validation part
+    (``data.validation_fraction``; empty when 0); an evaluation set drawn from the training
+    split itself is refused, so no evaluation question is trained or validated on."""
+    from bslora_pyro.data import DataError
+    from bslora_pyro.data.validation import split_validation
+
+    train = load_split(config.data.train, config.data.dir)
+    if not train:
+        raise DataError(f"data.train {config.data.train.label} has no examples "
+                        f"(limit={config.data.train.limit})")
+    validation: list = []
+    if config.data.validation_fraction > 0:
+        try:
+            train, validation = split_validation(train, config.data.validation_fraction,
+                                                 config.data.validation_seed)
+        except ValueError as error:
+            raise ConfigError(f"data.validation_fraction: {error}") from None
+    for split in config.data.eval:  # fail on a bad eval set before spending time training
+        if (split.task, split.split) == (config.data.train.task, config.data.train.split):
+            raise ConfigError(
+                f"data.eval {split.label} is the training split; evaluate on another split "
+                "(tuned settings use data.validation_fraction)"
+            )
+        probe = 1 if split.limit is None else min(split.limit, 1)
+        if not load_split(SplitConfig(split.task, split.split, probe), config.data.dir):
+            raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
+    return train, validation
+
+
 def build_scorer_and_backbone(config: ExperimentConfig):
     from bslora_pyro.backbones import load_backbone
     from bslora_pyro.scoring import ChoiceScorer
@@ -92,23 +122,49 @@ def _log_step(run_dir: Path, config: ExperimentConfig, method):
 
 
 def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path, progress=True,
-                 resume: bool = False):
+                 resume: bool = False, validation: list | None = None) -> dict:
     """Run SVI (and any post-hoc fitting the method asks for); ``resume`` continues from
-    the run directory's latest checkpoint."""
-    if getattr(method, "trainable", True):
-        fit = getattr(method, "fit", None)
-        if fit is not None:  # methods that train several members (deep ensemble)
-            if resume:
-                raise ConfigError(f"--resume is not supported for method {config.method!r}")
-            fit(train_examples, method.scorer.encode, config.train, progress=progress,
-                on_step=_log_step(run_dir, config, method))
-        else:
-            _train_with_checkpoints(config, method, train_examples, run_dir, progress, resume)
-    return method
+    the run directory's latest checkpoint. With ``train.validate_every`` the ``validation``
+    examples are scored during training, and with ``train.early_stopping`` the best
+    validated step's weights are restored; returns what early stopping did (or ``{}``)."""
+    if not getattr(method, "trainable", True):
+        return {}
+    fit = getattr(method, "fit", None)
+    if fit is not None:  # methods that train several members (deep ensemble)
+        if resume:
+            raise ConfigError(f"--resume is not supported for method {config.method!r}")
+        if config.train.validate_every:
+            raise ConfigError(f"train.validate_every is not supported for method "
+                              f"{config.method!r} (it trains its own members)")
+        fit(train_examples, method.scorer.encode, config.train, progress=progress,
+            on_step=_log_step(run_dir, config, method))
+        return {}
+    return _train_with_checkpoints(config, method, train_examples, run_dir, progress, resume,
+                                   validation or [])
+
+
+def _validation_monitor(config: ExperimentConfig, method, validation: list, run_dir: Path):
+    """The ``on_step`` hook scoring ``validation`` with the method's predictive."""
+    from bslora_pyro.inference.early_stopping import ValidationMonitor
+    from bslora_pyro.inference.predictive import predict
+    from bslora_pyro.metrics import negative_log_likelihood
+
+    device = resolve_device(config.model.device)
+
+    def validation_nll() -> float:
+        preds = predict(method, validation, method.scorer.encode,
+                        num_samples=config.predict.num_samples,
+                        batch_size=config.predict.batch_size, device=device, progress=False,
+                        seed=config.seed)
+        return negative_log_likelihood(preds.probs, preds.labels)
+
+    train = config.train
+    return ValidationMonitor(validation_nll, train.validate_every, train.early_stopping,
+                             train.patience, run_dir / rundir.EARLY_STOPPING)
 
 
 def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, run_dir: Path,
-                            progress: bool, resume: bool) -> None:
+                            progress: bool, resume: bool, validation: list) -> dict:
     """SVI (accelerate when launched on several processes) with checkpoints every
     ``config.checkpoint_every`` steps in ``run_dir/checkpoint``; a NaN stops with a message."""
     from bslora_pyro.inference import checkpoint
@@ -120,8 +176,15 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
     main = getattr(trainer, "is_main_process", True)
     saver = checkpoint.Checkpointer(run_dir / checkpoint.CHECKPOINT_DIR, config.checkpoint_every,
                                     enabled=main and getattr(trainer, "supports_checkpoints", True))
+    monitor = None
+    if config.train.validate_every:
+        monitor = _validation_monitor(config, method, validation, run_dir)
+        if not main:
+            monitor.folder = None  # every process validates (same decisions); main writes
     if resume:
         checkpoint.resume(trainer, saver.root)
+        if monitor is not None:
+            monitor.load(trainer)
         if main:  # drop log lines written after the checkpoint
             gates = [r for r in rundir.read_jsonl(run_dir / rundir.GATE_LOG)
                      if r["step"] <= trainer.step]
@@ -131,6 +194,8 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
     log_step = _log_step(run_dir, config, method)
 
     def on_step(trainer, record: dict) -> None:
+        if monitor is not None:
+            monitor(trainer, record)  # adds val_nll to the record before it is logged
         if main:
             log_step(trainer, record)
             saver(trainer, record)
@@ -139,6 +204,9 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
         trainer.fit(train_examples, progress=progress and main, on_step=on_step)
     except TrainingError as error:
         raise TrainingError(f"{error}; {saver.describe()}") from None
+    if monitor is not None and config.train.early_stopping:
+        return monitor.restore_best(trainer)
+    return {}
 
 
 def save_method(method, run_dir: Path) -> None:
@@ -148,6 +216,16 @@ def save_method(method, run_dir: Path) -> None:
         save(run_dir / rundir.WEIGHTS)
 
 
+def _predict(config: ExperimentConfig, method, examples: list, progress: bool):
+    from bslora_pyro.inference.predictive import predict
+
+    return predict(method, examples, method.scorer.encode,
+                   num_samples=config.predict.num_samples,
+                   batch_size=config.predict.batch_size,
+                   device=resolve_device(config.model.device), progress=progress,
+                   seed=config.seed)
+
+
 def evaluate_sets(
     config: ExperimentConfig,
     method,
@@ -155,30 +233,51 @@ def evaluate_sets(
     run_dir: Path,
     reference=None,
     progress: bool = True,
-) -> dict:
-    """Predict each split, write its predictions file, and return its metrics."""
-    from bslora_pyro.inference.predictive import predict
+    temperature: float | None = None,
+) -> tuple[dict, dict]:
+    """Predict each split, write its predictions file, and return its metrics; with a
+    ``temperature``, also the metrics of the tempered predictive (else ``{}``)."""
+    from bslora_pyro.inference.temperature import temper
 
-    results = {}
-    device = resolve_device(config.model.device)
-    for i, split in enumerate(splits):
+    results, tempered = {}, {}
+    tempered_reference = None
+    if reference is not None and temperature is not None:
+        tempered_reference = temper(reference, temperature)
+    for split in splits:
         examples = load_split(split, config.data.dir)
         started = time.perf_counter()
-        preds = predict(method, examples, method.scorer.encode,
-                        num_samples=config.predict.num_samples,
-                        batch_size=config.predict.batch_size, device=device, progress=progress,
-                        seed=config.seed)
+        preds = _predict(config, method, examples, progress)
         seconds = time.perf_counter() - started
-        if i == 0 and reference is None:
+        metrics = set_metrics(preds, reference)
+        if reference is None:  # the first set is in-distribution: the others' reference
             reference = preds
-            metrics = set_metrics(preds)
-        else:
-            metrics = set_metrics(preds, reference)
         metrics["predict_seconds"] = round(seconds, 2)
         results[split.label] = metrics
         rundir.write_predictions(run_dir, split.label, [e.uid for e in examples], preds)
         log.info("%s: %s", split.label, json.dumps(metrics))
-    return results
+        if temperature is not None:
+            scaled = temper(preds, temperature)
+            tempered[split.label] = set_metrics(scaled, tempered_reference)
+            if tempered_reference is None:
+                tempered_reference = scaled
+    return results, tempered
+
+
+def validate_and_calibrate(config: ExperimentConfig, method, validation: list,
+                           progress: bool = True) -> tuple[dict, float | None]:
+    """Metrics of the trained method on the validation split and, with
+    ``predict.posthoc_temperature``, the temperature fitted there (else ``None``)."""
+    from bslora_pyro.inference.temperature import fit_temperature
+
+    if not validation:
+        return {}, None
+    preds = _predict(config, method, validation, progress)
+    summary = set_metrics(preds)
+    if not config.predict.posthoc_temperature:
+        return summary, None
+    fit = fit_temperature(preds)
+    summary["posthoc_temperature"] = fit
+    return summary, fit["temperature"]
 
 
 def run_experiment(
@@ -196,7 +295,6 @@ def run_experiment(
     A ``scorer`` built earlier may be passed to share its tokenizer and its cache of
     frozen-prefix hidden states between runs on the same backbone (see ``run_grid``).
     """
-    from bslora_pyro.data import DataError
     from bslora_pyro.experiment.report import write_report
     from bslora_pyro.inference.distributed import is_main_process
 
@@ -206,23 +304,17 @@ def run_experiment(
     if not resume:  # a fresh run: nothing of an earlier one may be resumed or appended to
         for stale in (rundir.TRAIN_LOG, rundir.GATE_LOG):
             (run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        for stale in (CHECKPOINT_DIR, rundir.EARLY_STOPPING):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
                                                                      sort_keys=False))
     seed_everything(config.seed)
-    train_examples = load_split(config.data.train, config.data.dir)
-    if not train_examples:
-        raise DataError(f"data.train {config.data.train.label} has no examples "
-                        f"(limit={config.data.train.limit})")
-    for split in config.data.eval:  # fail on a bad eval set before spending time training
-        probe = 1 if split.limit is None else min(split.limit, 1)
-        if not load_split(SplitConfig(split.task, split.split, probe), config.data.dir):
-            raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
+    train_examples, validation = load_training_data(config)
     backbone, own_scorer = build_scorer_and_backbone(config)
     scorer = scorer or own_scorer
     method = build_method(config, backbone, scorer)
     started = time.perf_counter()
-    train_method(config, method, train_examples, run_dir, progress, resume)
+    stopped = train_method(config, method, train_examples, run_dir, progress, resume, validation)
     train_seconds = time.perf_counter() - started
     if not is_main_process():
         return {}
@@ -230,12 +322,21 @@ def run_experiment(
     if posthoc is not None:
         posthoc(train_examples, scorer.encode)
     save_method(method, run_dir)
-    results = evaluate_sets(config, method, config.data.eval, run_dir, progress=progress)
+    validation_summary, temperature = validate_and_calibrate(config, method, validation, progress)
+    results, tempered = evaluate_sets(config, method, config.data.eval, run_dir,
+                                      progress=progress, temperature=temperature)
     results["_run"] = {"method": config.method, "seed": config.seed,
                        "train_seconds": round(train_seconds, 1),
-                       "train_examples": len(train_examples)}
+                       "train_examples": len(train_examples),
+                       "validation_examples": len(validation)}
     if hasattr(method, "expected_active_ranks"):
         results["_run"]["expected_active_ranks"] = method.expected_active_ranks()
+    if stopped:
+        results["_run"]["early_stopping"] = stopped
+    if validation_summary:
+        results["_validation"] = validation_summary
+    if tempered:
+        results[rundir.TEMPERED] = {"temperature": temperature, "sets": tempered}
     rundir.write_metrics(run_dir, results)
     write_report(run_dir)
     return results
@@ -247,7 +348,9 @@ def read_run_config(run_dir: Path) -> ExperimentConfig:
     path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: {rundir.CONFIG} is missing")
-    return build_dataclass(ExperimentConfig, yaml.safe_load(path.read_text()))
+    data = yaml.safe_load(path.read_text())
+    data.get("data", {}).pop("heldout_fraction", None)  # an unused key of earlier versions
+    return build_dataclass(ExperimentConfig, data)
 
 
 def load_trained_method(run_dir: Path, config: ExperimentConfig):
@@ -279,10 +382,14 @@ def evaluate_run(run_dir: str | Path, task: str, split: str = "dev", limit: int 
     method = load_trained_method(run_dir, config)
     reference_path = run_dir / rundir.PREDICTIONS / f"{rundir.safe_name(config.data.eval[0].label)}.jsonl"
     reference = rundir.read_predictions(reference_path) if reference_path.is_file() else None
-    results = evaluate_sets(config, method, [SplitConfig(task, split, limit)], run_dir,
-                            reference=reference, progress=progress)
     metrics = rundir.read_metrics(run_dir)
+    temperature = metrics.get(rundir.TEMPERED, {}).get("temperature")
+    results, tempered = evaluate_sets(config, method, [SplitConfig(task, split, limit)], run_dir,
+                                      reference=reference, progress=progress,
+                                      temperature=temperature)
     metrics.update(results)
+    if tempered:
+        metrics[rundir.TEMPERED]["sets"].update(tempered)
     rundir.write_metrics(run_dir, metrics)
     write_report(run_dir)
     return results

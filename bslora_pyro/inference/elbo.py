@@ -11,10 +11,11 @@ Beta-Beta for inclusion probabilities) and a single-sample Monte Carlo estimate
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pyro import poutine
+from pyro.distributions import Unit
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
@@ -22,12 +23,14 @@ from torch.distributions import kl_divergence
 
 @dataclass
 class ELBOTerms:
-    """The loss and its two parts (all scalars; ``loss`` keeps the graph)."""
+    """The loss and its parts (all scalars; ``loss`` keeps the graph). ``penalty`` is the
+    negative log prior of point-estimate parameters (``pyro.factor`` sites), 0 without."""
 
     loss: torch.Tensor
     nll: torch.Tensor
     kl: torch.Tensor
     kl_by_site: dict[str, torch.Tensor]
+    penalty: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
 
 def _site_kl(guide_site: dict, model_site: dict) -> torch.Tensor:
@@ -65,6 +68,7 @@ class ExactELBO(nn.Module):
             *args, **kwargs
         )
         nll = torch.zeros(())
+        penalty = torch.zeros(())
         kl_by_site: dict[str, torch.Tensor] = {}
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
@@ -73,7 +77,10 @@ class ExactELBO(nn.Module):
                 log_p = site["fn"].log_prob(site["value"]) * site["scale"]
                 if site["mask"] is not None:
                     log_p = log_p * site["mask"]
-                nll = nll - log_p.sum()
+                if isinstance(site["fn"], Unit):  # pyro.factor: a log prior, not data
+                    penalty = penalty - log_p.sum()
+                else:
+                    nll = nll - log_p.sum()
                 continue
             if name not in guide_trace.nodes:
                 raise ValueError(f"latent site {name!r} of the model has no guide site")
@@ -82,4 +89,5 @@ class ExactELBO(nn.Module):
         if extra:
             raise ValueError(f"guide sites without a model site: {sorted(extra)}")
         kl = sum(kl_by_site.values(), torch.zeros(()))
-        return ELBOTerms(nll + self.kl_weight * kl, nll.detach(), kl.detach(), kl_by_site)
+        return ELBOTerms(nll + self.kl_weight * kl + penalty, nll.detach(), kl.detach(),
+                         kl_by_site, penalty.detach())

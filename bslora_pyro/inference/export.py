@@ -74,6 +74,7 @@ def save_posterior(method, directory: str | Path, extra: dict | None = None) -> 
         "prior": {"name": method.prior.name, "hyperparameters": method.prior.hyperparameters()},
         "guide": method.prior.guide_config.to_dict(),
         "modules": {name: layer.r for name, layer in method.adapters.items()},
+        "factor_prior_std": getattr(method, "factor_prior_std", None),
         **(extra or {}),
     }
     atomic_save_tensors(posterior_state(method), directory / POSTERIOR_WEIGHTS)
@@ -106,6 +107,7 @@ def load_posterior(directory: str | Path, backbone, scorer, cls=None):
         prior=config["prior"]["name"],
         prior_kwargs=config["prior"]["hyperparameters"],
         guide=GuideConfig(**config["guide"]),
+        factor_prior_std=config.get("factor_prior_std"),
     )
     load_posterior_state(method, Path(directory) / POSTERIOR_WEIGHTS)
     return method

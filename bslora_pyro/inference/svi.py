@@ -42,6 +42,12 @@ class TrainConfig:
         mixed_precision / grad_accumulation_steps: ``no``/``bf16``/``fp16`` autocast and
             micro-steps per optimizer step (same global batch); either one, or a multi-process
             launch, selects the accelerate trainer (``bslora_pyro.inference.distributed``).
+        validate_every: every this many steps (and at the last) the NLL of the method's
+            predictive on the validation split is logged as ``val_nll``; 0 never.
+        early_stopping: at the end, restore the weights of the validated step with the
+            lowest ``val_nll`` (needs ``validate_every`` and a validation split).
+        patience: with early stopping, stop after this many validations without a new
+            best; 0 trains every step.
     """
 
     steps: int = 200
@@ -57,6 +63,9 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"
     grad_accumulation_steps: int = 1
+    validate_every: int = 0
+    early_stopping: bool = False
+    patience: int = 0
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "num_particles", "grad_accumulation_steps"):
@@ -64,6 +73,13 @@ class TrainConfig:
                 raise ValueError(
                     f"train.{key} must be a positive integer, got {getattr(self, key)!r}"
                 )
+        for key in ("validate_every", "patience"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                raise ValueError(
+                    f"train.{key} must be a non-negative integer, got {getattr(self, key)!r}"
+                )
+        if self.early_stopping and self.validate_every == 0:
+            raise ValueError("train.early_stopping needs train.validate_every > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -109,6 +125,8 @@ def progress_fields(record: dict) -> dict[str, str]:
         fields["kl"] = f"{record['kl']:.2f}"
     if "active_ranks" in record:
         fields["ranks"] = f"{record['active_ranks']:.1f}"
+    if "val_nll" in record:
+        fields["val_nll"] = f"{record['val_nll']:.3f}"
     return fields
 
 
@@ -139,6 +157,7 @@ class SVITrainer:
         )
         self.step = 0
         self.history: list[dict] = []
+        self.stop_requested = False  # set by an ``on_step`` hook to end training early
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -182,6 +201,8 @@ class SVITrainer:
             "seconds": time.perf_counter() - started,
             **self.method.training_metrics(),
         }
+        if terms.penalty.item():
+            record["penalty"] = terms.penalty.item()  # the factors' negative log prior
         self.step += 1
         self.history.append(record)
         return record
@@ -206,11 +227,11 @@ class SVITrainer:
             desc="SVI",
             dynamic_ncols=True,
         )
-        while self.step < self.config.steps:
+        while self.step < self.config.steps and not self.stop_requested:
             record = self.train_step(examples)
-            bar.update(1)
-            bar.set_postfix(progress_fields(record))
             if on_step is not None:
                 on_step(self, record)
+            bar.update(1)
+            bar.set_postfix(progress_fields(record))
         bar.close()
         return self.history

@@ -14,7 +14,7 @@ from bslora_pyro.methods.mle import take_options
 from bslora_pyro.models import GuideConfig
 
 NAME = "bslora"
-DEFAULTS = {"prior": "bernoulli", "prior_kwargs": None, "guide": {}}
+DEFAULTS = {"prior": "bernoulli", "prior_kwargs": None, "guide": {}, "factor_prior_std": None}
 
 
 class BayesianSparseLora(BayesianLora):
@@ -28,7 +28,8 @@ class BayesianSparseLora(BayesianLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> BayesianSparseLora:
-    """Options: ``prior`` (name), ``prior_kwargs`` (dict), ``guide`` (GuideConfig fields)."""
+    """Options: ``prior`` (name), ``prior_kwargs`` (dict), ``guide`` (GuideConfig fields),
+    ``factor_prior_std`` (a Gaussian prior on the factors; default none)."""
     options = take_options(NAME, options, DEFAULTS)
     return BayesianSparseLora(
         backbone,
@@ -37,6 +38,7 @@ def build(backbone, scorer, adapter, options: dict) -> BayesianSparseLora:
         prior=options["prior"],
         prior_kwargs=options["prior_kwargs"],
         guide=GuideConfig(**(options["guide"] or {})),
+        factor_prior_std=options["factor_prior_std"],
     )
 
 

@@ -13,17 +13,22 @@ from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.mle import PlainLora, load_method, take_options
 
 NAME = "map"
-DEFAULTS = {"weight_decay": 1e-5}
+DEFAULTS = {"weight_decay": 1e-5, "factor_prior_std": None}
 
 
 def build(backbone, scorer, adapter, options: dict) -> PlainLora:
-    """Options: ``weight_decay`` (default 1e-5)."""
+    """Options: ``weight_decay`` (default 1e-5), ``factor_prior_std`` (an exact Gaussian
+    prior on the factors in the loss; default none)."""
     options = take_options(NAME, options, DEFAULTS)
     decay = float(options["weight_decay"])
     if decay < 0:
         raise MethodError(f"map.weight_decay must be >= 0, got {decay}")
-    method = PlainLora(backbone, scorer, adapter, weight_decay=decay, name=NAME)
-    method.options = {"weight_decay": decay}
+    try:
+        method = PlainLora(backbone, scorer, adapter, weight_decay=decay, name=NAME,
+                           factor_prior_std=options["factor_prior_std"])
+    except ValueError as error:
+        raise MethodError(str(error)) from None
+    method.options = {"weight_decay": decay, "factor_prior_std": method.factor_prior_std}
     return method
 
 

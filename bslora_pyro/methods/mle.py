@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
+from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
 from bslora_pyro.adapter.inject import adapter_parameters
 from bslora_pyro.inference.elbo import ExactELBO
 from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text, copy_tensors
@@ -51,6 +52,8 @@ class PlainLora(nn.Module):
             config's value (MLE), a number overrides it (MAP).
         name: the registry name recorded when saving.
         adapters: reuse adapters already injected into ``backbone`` (ensemble members).
+        factor_prior_std: a Gaussian prior N(0, std^2) on the factors in the loss (an exact
+            L2 penalty, unlike decoupled weight decay); ``None``: none.
     """
 
     stochastic = False  # True when forwards are random (several draws are meaningful)
@@ -64,9 +67,11 @@ class PlainLora(nn.Module):
         weight_decay: float | None = None,
         name: str = NAME,
         adapters: dict[str, GatedLoraLinear] | None = None,
+        factor_prior_std: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.factor_prior_std = check_factor_prior_std(factor_prior_std, name)
         self.scorer = scorer
         self.adapter_config = adapter
         self.adapters = adapters if adapters is not None else inject_gated_lora(backbone, adapter)
@@ -89,6 +94,7 @@ class PlainLora(nn.Module):
         with pyro.plate("draws", draws, dim=-2), poutine.scale(scale=1.0 / draws):
             with pyro.plate("data", num_data, subsample=index, dim=-1):
                 pyro.sample("answer", dist.Categorical(logits=logits), obs=batch.labels)
+        observe_factor_prior(self.adapters, self.factor_prior_std)
 
     def model(self, batch, index, num_data, num_draws=1, per_example=False):
         draws = num_draws if self.stochastic else 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bslora_pyro.data.validation import split_validation
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.mle import PlainLora, load_method, take_options
 from bslora_pyro.scoring import masked_fill_value
@@ -33,15 +34,11 @@ class TemperatureScaledLora(PlainLora):
 
     def split_training(self, examples: Sequence) -> tuple[list, list]:
         """``(train_part, holdout_part)`` of the training examples, in their order."""
-        n = len(examples)
-        held = max(1, round(self.holdout_fraction * n))
-        if n - held < 1:
-            raise ValueError(f"temperature_scaling needs at least 2 training examples, got {n}")
-        generator = torch.Generator().manual_seed(self.split_seed)
-        chosen = set(torch.randperm(n, generator=generator)[:held].tolist())
-        train = [ex for i, ex in enumerate(examples) if i not in chosen]
-        holdout = [ex for i, ex in enumerate(examples) if i in chosen]
-        return train, holdout
+        if len(examples) < 2:
+            raise ValueError(
+                f"temperature_scaling needs at least 2 training examples, got {len(examples)}"
+            )
+        return split_validation(examples, self.holdout_fraction, self.split_seed)
 
     def fit(
         self,
