@@ -134,6 +134,35 @@ def test_paper_grid_builds_every_task_config():
     assert [e.task for e in obqa.data.eval][1:] == [t for t, _ in paper_grid.SHIFT]
 
 
+def test_paper_grid_runs_named_variants_and_writes_paper_tables(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import paper_grid
+
+    model = save_tiny_model(tmp_path / "model")
+    data = write_arc(tmp_path / "data", n=24)
+    variants = tmp_path / "variants.yaml"
+    variants.write_text(
+        "variants:\n"
+        "  - {name: mle, method: mle}\n"
+        "  - {name: gated_p03, method: bslora, set: [method_options.prior_kwargs.p0=0.3]}\n"
+        "  - {name: ensemble, method: ensemble, tasks: [openbookqa]}\n"
+    )
+    paper_grid.main(paper_grid.parse_args([
+        str(CONFIG), "--out", str(tmp_path / "runs"), "--variants", str(variants),
+        "--tasks", "arc_easy", "--seeds", "0", "--train-limit", "20", "--eval-limit", "8",
+        "--data-dir", str(data), "--quiet", "--set", f"model.name={model}",
+        "--set", "data.validation_fraction=0.25", "--set", "predict.posthoc_temperature=true",
+    ]))
+    table = (tmp_path / "runs" / "paper_table.md").read_text()
+    acc = table.split("### ACC")[1].split("###")[0].strip().splitlines()
+    rows = [line.split(" | ")[0] for line in acc[2:]]
+    assert rows == ["| mle", "| mle + T", "| gated_p03", "| gated_p03 + T"]
+    assert "| method | ARC-E |" in table and "### ECE" in table
+    assert not (tmp_path / "runs" / "arc_easy" / "ensemble").exists()  # limited to OBQA
+    run = tmp_path / "runs" / "arc_easy" / "gated_p03" / "seed0"
+    assert rundir.read_metrics(run)["_run"]["train_examples"] == 15  # 20 less 5 validation
+
+
 def test_help_on_every_command(capsys):
     for command in ("train", "evaluate", "compare", "grid", "analyze"):
         with pytest.raises(SystemExit) as exit_info:
