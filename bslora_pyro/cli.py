@@ -56,6 +56,14 @@ def _grid(args: argparse.Namespace) -> None:
     print(f"written: {Path(args.out) / 'comparison.md'}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from bslora_pyro.experiment.runner import recalibrate_run
+
+    for run in args.run_dirs:
+        result = recalibrate_run(run, progress=not args.quiet)
+        print(f"{run}: T = {result['temperature']:.3f}")
+
+
 def _analyze(args: argparse.Namespace) -> None:
     from bslora_pyro.analysis import analyze_run
 
@@ -107,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--rerun", action="store_true",
                       help="redo runs that already finished (default: keep them)")
     grid.set_defaults(func=_grid)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="fit a finished run's post-hoc temperature on its validation split")
+    calibrate.add_argument("run_dirs", nargs="+")
+    calibrate.add_argument("--quiet", action="store_true")
+    calibrate.set_defaults(func=_calibrate)
 
     analyze = sub.add_parser("analyze", help="ArviZ data and plots of a run's gate posterior")
     analyze.add_argument("run_dir")

@@ -150,6 +150,21 @@ def test_fitted_temperature_minimises_the_validation_nll():
     assert best <= min(nll(fit["temperature"] * f) for f in (0.9, 1.1))
 
 
+def test_fitted_temperature_with_missing_choices_is_finite_and_keeps_them_at_zero():
+    """Questions with fewer choices than the batch's widest (ARC has 3-5) pad with
+    probability 0: the fit must neither give NaN gradients nor move mass onto them."""
+    torch.manual_seed(2)
+    labels = torch.randint(3, (120,))
+    preds = _preds(6 * torch.randn(3, 120, 4), labels)
+    preds.choice_mask[::2, 3] = False  # every other question has 3 choices
+    preds.sample_probs[:, ::2, 3] = 0.0
+    preds.sample_probs /= preds.sample_probs.sum(-1, keepdim=True)
+    preds.probs = preds.sample_probs.mean(0)
+    fit = fit_temperature(preds)
+    assert fit["temperature"] > 1.5 and fit["validation_nll_after"] < fit["validation_nll_before"]
+    assert torch.all(temper(preds, fit["temperature"]).sample_probs[:, ::2, 3] == 0)
+
+
 def _write_shuffled_eval(data, n: int, shift: int) -> None:
     """ARC-Easy dev whose answer keys are rotated by ``shift`` (other labels, same text)."""
     rows = []
@@ -190,6 +205,16 @@ def test_posthoc_temperature_is_fitted_on_the_validation_split_only(tmp_path):
     for key in ("acc", "ece", "nll", "brier"):
         assert got[key] == pytest.approx(expected[key], abs=1e-4)
     assert "post-hoc temperature" in (run / rundir.REPORT).read_text()
+    # `bslora calibrate` fits it again from the saved validation predictions
+    assert (run / rundir.VALIDATION_PREDICTIONS).is_file()
+    saved = dict(metrics)
+    metrics.pop(rundir.TEMPERED)
+    rundir.write_metrics(run, metrics)
+    assert main(["calibrate", str(run), "--quiet"]) == 0
+    again = rundir.read_metrics(run)
+    assert again[rundir.TEMPERED]["temperature"] == pytest.approx(temperatures[0], rel=1e-9)
+    for label, values in saved[rundir.TEMPERED]["sets"].items():
+        assert again[rundir.TEMPERED]["sets"][label] == pytest.approx(values, rel=1e-6), label
 
 
 def test_grid_with_early_stopping_and_temperature_rows(tmp_path):

@@ -17,6 +17,7 @@ GATE_LOG = "gate_history.jsonl"
 WEIGHTS = "weights"
 PREDICTIONS = "predictions"
 REPORT = "report.md"
+VALIDATION_PREDICTIONS = "validation_predictions.jsonl"  # the held-out split's predictions
 EARLY_STOPPING = "early_stopping"  # the best validated state (train.early_stopping)
 TEMPERED = "_posthoc_temperature"  # metrics.json key: every set under the validation T
 
@@ -41,8 +42,10 @@ def _short(p) -> float:
     return float(f"{float(p):.8g}")
 
 
-def write_predictions(run_dir: Path, label: str, uids: list[str], preds: Predictions) -> Path:
-    """One JSON line per example: uid, label, mean probabilities and every draw's."""
+def write_predictions(run_dir: Path, label: str, uids: list[str], preds: Predictions,
+                      path: Path | None = None) -> Path:
+    """One JSON line per example: uid, label, mean probabilities and every draw's, in
+    ``predictions/<label>.jsonl`` (or ``path``)."""
     folder = run_dir / PREDICTIONS
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -54,7 +57,7 @@ def write_predictions(run_dir: Path, label: str, uids: list[str], preds: Predict
             "probs": [_short(p) for p in preds.probs[i, :width]],
             "sample_probs": [[_short(p) for p in s[i, :width]] for s in preds.sample_probs],
         }))
-    path = folder / f"{safe_name(label)}.jsonl"
+    path = path or folder / f"{safe_name(label)}.jsonl"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 

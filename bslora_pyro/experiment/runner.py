@@ -263,21 +263,68 @@ def evaluate_sets(
     return results, tempered
 
 
-def validate_and_calibrate(config: ExperimentConfig, method, validation: list,
+def validate_and_calibrate(config: ExperimentConfig, method, validation: list, run_dir: Path,
                            progress: bool = True) -> tuple[dict, float | None]:
-    """Metrics of the trained method on the validation split and, with
-    ``predict.posthoc_temperature``, the temperature fitted there (else ``None``)."""
-    from bslora_pyro.inference.temperature import fit_temperature
-
+    """Metrics of the trained method on the validation split (its predictions are written
+    to the run directory) and, with ``predict.posthoc_temperature``, the temperature fitted
+    there (else ``None``)."""
     if not validation:
         return {}, None
     preds = _predict(config, method, validation, progress)
+    path = run_dir / rundir.VALIDATION_PREDICTIONS
+    rundir.write_predictions(run_dir, "validation", [e.uid for e in validation], preds, path)
+    return _validation_summary(config, preds)
+
+
+def _validation_summary(config: ExperimentConfig, preds) -> tuple[dict, float | None]:
+    from bslora_pyro.inference.temperature import fit_temperature
+
     summary = set_metrics(preds)
     if not config.predict.posthoc_temperature:
         return summary, None
     fit = fit_temperature(preds)
     summary["posthoc_temperature"] = fit
     return summary, fit["temperature"]
+
+
+def recalibrate_run(run_dir: str | Path, progress: bool = True) -> dict:
+    """Fit the post-hoc temperature of a finished run again on its validation split and
+    rewrite the tempered metrics from its saved predictions (no training; the validation
+    split is predicted again only when its predictions were not saved)."""
+    from bslora_pyro.experiment.report import write_report
+    from bslora_pyro.inference.temperature import temper
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    config.predict.posthoc_temperature = True
+    metrics = rundir.read_metrics(run_dir)
+    if not metrics:
+        raise ConfigError(f"{run_dir} has no {rundir.METRICS}: is it a finished run?")
+    path = run_dir / rundir.VALIDATION_PREDICTIONS
+    if path.is_file():
+        preds = rundir.read_predictions(path)
+    else:
+        _, validation = load_training_data(config)
+        if not validation:
+            raise ConfigError(f"{run_dir} was trained without data.validation_fraction")
+        seed_everything(config.seed)
+        preds = _predict(config, load_trained_method(run_dir, config), validation, progress)
+        rundir.write_predictions(run_dir, "validation", [e.uid for e in validation], preds, path)
+    summary, temperature = _validation_summary(config, preds)
+    sets, reference = {}, None
+    labels = [s.label for s in config.data.eval]  # in-distribution first, then the rest
+    labels += [k for k in metrics if not k.startswith("_") and k not in labels]
+    for label in labels:
+        saved = run_dir / rundir.PREDICTIONS / f"{rundir.safe_name(label)}.jsonl"
+        scaled = temper(rundir.read_predictions(saved), temperature)
+        sets[label] = set_metrics(scaled, reference)
+        if reference is None:
+            reference = scaled
+    metrics["_validation"] = summary
+    metrics[rundir.TEMPERED] = {"temperature": temperature, "sets": sets}
+    rundir.write_metrics(run_dir, metrics)
+    write_report(run_dir)
+    return metrics[rundir.TEMPERED]
 
 
 def run_experiment(
@@ -322,7 +369,8 @@ def run_experiment(
     if posthoc is not None:
         posthoc(train_examples, scorer.encode)
     save_method(method, run_dir)
-    validation_summary, temperature = validate_and_calibrate(config, method, validation, progress)
+    validation_summary, temperature = validate_and_calibrate(config, method, validation, run_dir,
+                                                             progress)
     results, tempered = evaluate_sets(config, method, config.data.eval, run_dir,
                                       progress=progress, temperature=temperature)
     results["_run"] = {"method": config.method, "seed": config.seed,

@@ -22,8 +22,10 @@ def temper(preds: Predictions, temperature: float | torch.Tensor) -> Predictions
 
 def _tempered_samples(preds: Predictions, temperature: torch.Tensor) -> torch.Tensor:
     log_p = preds.sample_probs.double().clamp_min(1e-300).log()
-    log_p = torch.where(preds.choice_mask, log_p, torch.full_like(log_p, -torch.inf))
-    return torch.softmax(log_p / temperature, dim=-1)
+    # missing choices stay at probability 0; ``where`` keeps their constant -inf out of the
+    # gradient (dividing -inf by T would make d/dT NaN)
+    scaled = torch.where(preds.choice_mask, log_p / temperature, -torch.inf)
+    return torch.softmax(scaled, dim=-1)
 
 
 def fit_temperature(preds: Predictions, max_iter: int = 100) -> dict:
