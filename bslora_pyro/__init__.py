@@ -2,16 +2,27 @@
 
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear
 from bslora_pyro.bayesian_lora import BayesianLora
-from bslora_pyro.models import GatePrior, GuideConfig, available_priors, get_prior
+from bslora_pyro.models import (
+    GateGuide,
+    GatePrior,
+    GuideConfig,
+    available_guides,
+    available_priors,
+    get_guide,
+    get_prior,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterConfig",
     "BayesianLora",
+    "GateGuide",
     "GatePrior",
     "GatedLoraLinear",
     "GuideConfig",
+    "available_guides",
     "available_priors",
+    "get_guide",
     "get_prior",
 ]

@@ -597,6 +597,25 @@ class ChoiceScorer:
         scores = scores.view(num_draws, batch.num_examples, batch.num_choices)
         return scores.masked_fill(~batch.choice_mask, masked_fill_value(scores.dtype))
 
+    @torch.no_grad()
+    def question_features(self, model: Any, batch: EncodedBatch) -> Tensor:
+        """One vector ``[B, H]`` per question: its rows' hidden states at the end of the
+        frozen prefix (the input embeddings when every block is adapted), averaged over the
+        real tokens. Inputs of amortized guides; served from the prefix cache."""
+        device = _model_device(model)
+        if device is not None and device != batch.device:
+            batch = batch.to(device)
+        plan = self._plan(model, batch)
+        rows = plan.rows
+        if plan.lower is not None:
+            hidden = plan.lower
+        else:
+            hidden = model.get_input_embeddings()(rows.input_ids.reshape(-1, rows.input_ids.shape[-1]))
+        mask = rows.attention_mask.reshape(hidden.shape[:2]).to(hidden.dtype)
+        summed = (hidden * mask.unsqueeze(-1)).sum(1).view(batch.num_examples, -1, hidden.shape[-1])
+        counts = mask.sum(1).view(batch.num_examples, -1).sum(1).clamp_min(1.0)
+        return (summed.sum(1) / counts.unsqueeze(-1)).float()
+
     def _scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
         """Per-row scores of all draws, draw-major, computed chunk by chunk."""
         plan = self._plan(model, batch)

@@ -4,6 +4,7 @@ run (gate learning rate 0, so q stays at the prior) and a copy with moved gate l
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from bslora_pyro.models import available_guides, available_priors
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"
@@ -103,7 +106,7 @@ def test_posterior_netcdf_dims_and_draws(run_dir, analyzed):
 
 def _check_means(run: Path) -> None:
     idata, method = _idata(run), _method(run)
-    for path, q in method.prior.inclusion_probs().items():
+    for path, q in method.inclusion_probs().items():
         name = "gate_lm_head" if path == "lm_head" else "gate"
         draws = idata.posterior[name]
         if name == "gate":
@@ -173,27 +176,35 @@ def test_run_without_gates_gets_predictive_plots_only(run_dir, analyzed, tmp_pat
     assert "has no rank gates" in report and "(uncertainty.png)" in report
 
 
-@pytest.mark.parametrize("prior", ["bernoulli", "beta_bernoulli", "stick_breaking"])
-def test_inference_data_of_every_prior(prior):
-    from types import SimpleNamespace
-
+@pytest.mark.parametrize("guide", available_guides())
+@pytest.mark.parametrize("prior", available_priors())
+def test_inference_data_of_every_prior_and_guide(prior, guide):
+    from bslora_pyro.adapter import AdapterConfig
     from bslora_pyro.analysis import build_inference_data
-    from bslora_pyro.models import get_prior
+    from bslora_pyro.bayesian_lora import BayesianLora
+    from bslora_pyro.scoring import ChoiceScorer
+    from bslora_pyro.testing import tiny_llama, tiny_tokenizer
 
-    ranks = {f"model.layers.{i}.self_attn.{m}": 3 for i in (2, 3) for m in ("q_proj", "v_proj")}
-    ranks["model.layers.3.mlp.up_proj"] = 3  # absent from layer 2: a NaN cell
-    ranks["lm_head"] = 3
-    method = SimpleNamespace(prior=get_prior(prior)(ranks))
+    targets = r"model\.layers\.\d+\.self_attn\.[qv]_proj|model\.layers\.3\.mlp\.up_proj|lm_head"
+    adapter = AdapterConfig(r=3, alpha=3.0, target_modules=targets, layers="2:")
+    method = BayesianLora(tiny_llama(num_layers=4), ChoiceScorer(tiny_tokenizer(), "letter"),
+                          adapter, prior=prior, guide=guide)
     idata = build_inference_data(method, num_draws=400, seed=1)
     post = idata.posterior
     assert list(post.module_type.values) == ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"]
     assert list(post.layer.values) == [2, 3]
     assert np.isnan(post["gate"].sel(module_type="mlp.up_proj", layer=2)).all()
-    latent = {"beta_bernoulli": "pi", "stick_breaking": "v"}.get(prior)
-    if latent:
-        assert post[latent].dims == ("chain", "draw", "module_type", "layer", "rank")
-        assert f"{latent}_lm_head" in post and latent in idata.prior
-    assert float(post["kl_total"].mean()) >= 0.0
+    for site in method.prior.latent_sites():
+        if len(site.modules) == 1:  # a module's own latent: gridded (or suffixed) like its gates
+            loose = re.sub(r"\W", "_", site.group)
+            name = site.suffix if site.group.startswith("model.layers") else f"{site.suffix}_{loose}"
+            assert post[name].dims[:2] == ("chain", "draw") and name in idata.prior
+        else:  # shared by a group of modules (one per layer): a variable of its own
+            name = re.sub(r"\W", "_", site.name)
+            assert name in post and name in idata.prior and f"kl_{name}" in post
+    kl_parts = [v for k, v in post.data_vars.items() if k.startswith("kl") and k != "kl_total"]
+    total = sum(float(np.nansum(v.mean(("chain", "draw")))) for v in kl_parts)
+    assert float(post["kl_total"].mean()) == pytest.approx(total, rel=1e-4, abs=1e-6)
     assert float(post["active_ranks_total"].mean()) > 0.0
 
 

@@ -3,9 +3,10 @@
 Groups:
 
 - ``posterior``: guide draws in a ``gate_draws`` plate: hard gates ``gate``, relaxed
-  (Concrete) gates ``gate_relaxed``, the prior's auxiliary latents (``pi``, ``v``), and per
-  draw the active ranks (``sum_j z_j``) and the KL(q || p) of each module (its mean over
-  draws is the ELBO's KL term; closed-form sites are constant over draws).
+  (Concrete) gates ``gate_relaxed``, the prior's auxiliary latents (``pi``, ``v``; a latent
+  shared by several modules, such as one per layer, is a variable of its own named after
+  its site), and per draw the active ranks (``sum_j z_j``) and the KL(q || p) of each module
+  and of each shared latent (``kl_<site>``); ``kl_total`` is the ELBO's KL term.
 - ``prior``: draws of the same sites from the prior.
 - ``constant_data``: q(z=1) (``inclusion_prob``) and the prior's P(z=1).
 - ``training``: the training traces per ``step`` (negative ELBO, NLL, KL, expected active
@@ -18,6 +19,7 @@ variables of its own, suffixed with its path: ``gate_lm_head``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,6 +35,8 @@ import xarray as xr
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
+
+from bslora_pyro.models.base import unwrap
 
 with warnings.catch_warnings():  # arviz 0.x announces its 1.0 refactor on import
     warnings.simplefilter("ignore", FutureWarning)
@@ -130,15 +134,16 @@ def _sites(trace: poutine.Trace) -> dict[str, dict]:
 
 @torch.no_grad()
 def trace_draws(fn, num_draws: int, replay: poutine.Trace | None = None, **kwargs):
-    """Trace ``fn`` (a prior's ``model`` or ``guide``) inside a ``gate_draws`` plate.
+    """Trace ``fn`` (a prior's ``model`` or a guide) with ``num_draws`` draws of every site.
 
-    The plate is entered inside the traced function, as in ``BayesianLora``, so replayed
-    sites are broadcast over the draws too.
+    The ``gate_draws`` plate is entered inside the traced function and wraps the latents
+    as well as the gates (``fn`` gets an empty gate plate), so each draw has its own
+    latents; replayed sites are broadcast over the draws too.
     """
 
     def in_plate():
         with pyro.plate("gate_draws", num_draws, dim=-1):
-            return fn(**kwargs)
+            return fn(contextlib.nullcontext(), **kwargs)
 
     traced = in_plate if replay is None else poutine.replay(in_plate, trace=replay)
     return poutine.trace(traced).get_trace()
@@ -146,63 +151,93 @@ def trace_draws(fn, num_draws: int, replay: poutine.Trace | None = None, **kwarg
 
 @torch.no_grad()
 def kl_draws(prior, guide_trace: poutine.Trace, num_draws: int) -> dict[str, np.ndarray]:
-    """KL(q || p) per module and draw, [M]: closed form per site where one is registered,
-    else ``log q - log p`` at the draw (the same estimator as the training ELBO)."""
+    """KL(q || p) per site and draw, [M]: a gate site's exact expected KL (what the ELBO
+    uses), a latent's closed form where one is registered, else ``log q - log p`` at the
+    draw. Keys are the sites' names (module paths for gates)."""
     model_sites = _sites(trace_draws(prior.model, num_draws, replay=guide_trace))
     guide_sites = _sites(guide_trace)
-    out = {m: torch.zeros(num_draws) for m in prior.module_ranks}
+    out = {}
     for name, site in model_sites.items():
         q = guide_sites[name]
-        try:
-            kl = kl_divergence(q["fn"], site["fn"])
-        except NotImplementedError:
-            kl = q["fn"].log_prob(q["value"]) - site["fn"].log_prob(q["value"])
-        out[name.split("/")[0]] += torch.broadcast_to(kl, (num_draws,)).float().cpu()
-    return {m: v.numpy() for m, v in out.items()}
+        expected = q["infer"].get("expected_kl")
+        if expected is not None:
+            kl = expected(unwrap(q["fn"]), guide_trace)
+        else:
+            try:
+                kl = kl_divergence(q["fn"], site["fn"])
+            except NotImplementedError:
+                kl = q["fn"].log_prob(q["value"]) - site["fn"].log_prob(q["value"])
+        out[name] = torch.broadcast_to(kl, (num_draws,)).float().cpu().numpy()
+    return out
 
 
-def _values(trace: poutine.Trace) -> tuple[dict, dict[str, dict]]:
-    """Gate draws by module, and auxiliary latents by suffix then module."""
-    gates, aux = {}, {}
+def _by_module(prior, per_site: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Site values summed per module (its gates and the latents of it alone), and the
+    latents shared by several modules on their own (group-level sites)."""
+    owners = {site.name: site.modules for site in prior.latent_sites()}
+    modules = {m: np.zeros_like(next(iter(per_site.values()))) for m in prior.module_ranks}
+    groups = {}
+    for name, value in per_site.items():
+        shared = owners.get(name, (name,))
+        if len(shared) == 1 and shared[0] in modules:
+            modules[shared[0]] = modules[shared[0]] + value
+        else:
+            groups[name] = value
+    return modules, groups
+
+
+def _values(trace: poutine.Trace, prior) -> tuple[dict, dict[str, dict], dict]:
+    """Gate draws by module; latents of one module by suffix then module; group-level
+    latents (shared by several modules) by site name."""
+    owners = {site.name: site for site in prior.latent_sites()}
+    gates, aux, groups = {}, {}, {}
     for name, site in _sites(trace).items():
         value = site["value"].detach().float().cpu().numpy()
-        if "/" in name:
-            module, suffix = name.split("/", 1)
-            aux.setdefault(suffix, {})[module] = value
-        else:
+        latent = owners.get(name)
+        if latent is None:
             gates[name] = value
-    return gates, aux
+        elif len(latent.modules) == 1 and latent.group in prior.module_ranks:
+            aux.setdefault(latent.suffix, {})[latent.group] = value
+        else:
+            groups[name] = value
+    return gates, aux, groups
 
 
-def _latent_vars(store: dict, dims: dict, trace, grid: ModuleGrid, ranks: dict) -> dict:
-    gates, aux = _values(trace)
+def _variable(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def _latent_vars(store: dict, dims: dict, trace, grid: ModuleGrid, prior) -> dict:
+    ranks = prior.module_ranks
+    gates, aux, groups = _values(trace, prior)
     add_gridded(store, dims, "gate", grid, gates, "rank")
     for suffix, values in aux.items():
         same = all(v.shape[-1] == ranks[m] for m, v in values.items())
-        add_gridded(store, dims, re.sub(r"\W", "_", suffix), grid, values,
+        add_gridded(store, dims, _variable(suffix), grid, values,
                     "rank" if same else f"{suffix}_index")
+    for name, value in groups.items():  # e.g. one inclusion probability per layer
+        variable = _variable(name)
+        store[variable] = value
+        dims[variable] = [f"{variable}_index"]
     active = {m: g.sum(-1) for m, g in gates.items()}
     add_gridded(store, dims, "active_ranks", grid, active, None)
     store["active_ranks_total"] = sum(active.values())
     return gates
 
 
-def _sample_groups(prior, num_draws: int, grid: ModuleGrid) -> tuple[dict, dict, dict]:
-    ranks = prior.module_ranks
+def _sample_groups(method, num_draws: int, grid: ModuleGrid) -> tuple[dict, dict, dict]:
+    prior, guide = method.prior, method.gate_guide
     posterior, prior_group, dims = {}, {}, {}
-    hard = trace_draws(prior.guide, num_draws, hard=True)
-    _latent_vars(posterior, dims, hard, grid, ranks)
-    config = prior.guide_config
-    saved, prior.temperature = prior.temperature, config.temperature_final or config.temperature
-    try:
-        relaxed, _ = _values(trace_draws(prior.guide, num_draws, hard=False))
-    finally:
-        prior.temperature = saved
-    add_gridded(posterior, dims, "gate_relaxed", grid, relaxed, "rank")
-    kl = kl_draws(prior, hard, num_draws)
-    add_gridded(posterior, dims, "kl", grid, kl, None)
-    posterior["kl_total"] = sum(kl.values())
-    _latent_vars(prior_group, dims, trace_draws(prior.model, num_draws), grid, ranks)
+    hard = trace_draws(guide, num_draws, hard=True)
+    _latent_vars(posterior, dims, hard, grid, prior)
+    relaxed = trace_draws(guide, num_draws, hard=False, temperature=guide.final_temperature)
+    add_gridded(posterior, dims, "gate_relaxed", grid, _values(relaxed, prior)[0], "rank")
+    per_module, per_group = _by_module(prior, kl_draws(prior, hard, num_draws))
+    add_gridded(posterior, dims, "kl", grid, per_module, None)
+    for name, value in per_group.items():
+        posterior[f"kl_{_variable(name)}"] = value
+    posterior["kl_total"] = sum(per_module.values()) + sum(per_group.values(), 0.0)
+    _latent_vars(prior_group, dims, trace_draws(prior.model, num_draws), grid, prior)
     return posterior, prior_group, dims
 
 
@@ -266,21 +301,22 @@ def build_inference_data(
     gate_history: list[dict] | None = None,
     attrs: dict | None = None,
 ):
-    """ArviZ data of ``method``'s gate posterior (``method.prior``) and training traces."""
+    """ArviZ data of ``method``'s gate posterior (its guide over ``method.prior``'s sites;
+    an amortized guide at the mean training input) and training traces."""
     prior = method.prior
     grid = module_grid(prior.module_ranks)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        posterior, prior_group, dims = _sample_groups(prior, num_draws, grid)
+        posterior, prior_group, dims = _sample_groups(method, num_draws, grid)
     constant, const_dims = {}, {}
-    as_np = {m: p.float().cpu().numpy() for m, p in prior.inclusion_probs().items()}
+    as_np = {m: p.float().cpu().numpy() for m, p in method.inclusion_probs().items()}
     add_gridded(constant, const_dims, "inclusion_prob", grid, as_np, "rank")
     as_np = {m: p.float().cpu().numpy() for m, p in prior.prior_inclusion_probs().items()}
     add_gridded(constant, const_dims, "prior_inclusion_prob", grid, as_np, "rank")
     info = {
         "prior": prior.name,
         "prior_hyperparameters": json.dumps(prior.hyperparameters()),
-        "guide": json.dumps(prior.guide_config.to_dict()),
+        "guide": json.dumps({"name": method.gate_guide.name, **method.gate_guide.options()}),
         "modules": json.dumps(prior.module_ranks),
         "num_draws": num_draws,
         "seed": seed,

@@ -113,9 +113,10 @@ def _log_step(run_dir: Path, config: ExperimentConfig, method):
     def on_step(trainer, record: dict) -> None:
         rundir.append_jsonl(run_dir / rundir.TRAIN_LOG, record)
         step = record["step"]
-        prior = getattr(method, "prior", None)
-        if prior is not None and (step % config.log_every == 0 or step == config.train.steps):
-            probs = {k: [round(float(x), 5) for x in v] for k, v in prior.inclusion_probs().items()}
+        gated = hasattr(method, "inclusion_probs")
+        if gated and (step % config.log_every == 0 or step == config.train.steps):
+            probs = {k: [round(float(x), 5) for x in v]
+                     for k, v in method.inclusion_probs().items()}
             rundir.append_jsonl(run_dir / rundir.GATE_LOG, {"step": step, "probs": probs})
 
     return on_step

@@ -78,7 +78,7 @@ def shard(index: torch.Tensor, rank: int, processes: int, micro_steps: int) -> l
 class _LossModule(nn.Module):
     """Wraps a method so the forward (and hence DDP's gradient hooks) runs the ELBO."""
 
-    def __init__(self, method: nn.Module, elbo: nn.Module) -> None:
+    def __init__(self, method: nn.Module, elbo) -> None:
         super().__init__()
         self.method = method
         self.elbo = elbo

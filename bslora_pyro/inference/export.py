@@ -72,7 +72,7 @@ def save_posterior(method, directory: str | Path, extra: dict | None = None) -> 
         "version": 1,
         "adapter": method.adapter_config.to_dict(),
         "prior": {"name": method.prior.name, "hyperparameters": method.prior.hyperparameters()},
-        "guide": method.prior.guide_config.to_dict(),
+        "guide": {"name": method.gate_guide.name, **method.gate_guide.options()},
         "modules": {name: layer.r for name, layer in method.adapters.items()},
         "factor_prior_std": getattr(method, "factor_prior_std", None),
         **(extra or {}),
@@ -97,7 +97,6 @@ def load_posterior(directory: str | Path, backbone, scorer, cls=None):
     the saved posterior."""
     from bslora_pyro.adapter import AdapterConfig
     from bslora_pyro.bayesian_lora import BayesianLora
-    from bslora_pyro.models import GuideConfig
 
     config = read_posterior_config(directory)
     method = (cls or BayesianLora)(
@@ -106,7 +105,7 @@ def load_posterior(directory: str | Path, backbone, scorer, cls=None):
         AdapterConfig(**config["adapter"]),
         prior=config["prior"]["name"],
         prior_kwargs=config["prior"]["hyperparameters"],
-        guide=GuideConfig(**config["guide"]),
+        guide=dict(config["guide"]),  # without "name" (version 1 files): mean-field
         factor_prior_std=config.get("factor_prior_std"),
     )
     load_posterior_state(method, Path(directory) / POSTERIOR_WEIGHTS)
@@ -147,7 +146,7 @@ def pruned_factors(method, threshold: float) -> dict[str, tuple[torch.Tensor, to
     Modules with no rank left are omitted.
     """
     out = {}
-    probs = method.prior.inclusion_probs()
+    probs = method.inclusion_probs()
     for name, layer in method.adapters.items():
         q = probs[name]
         keep = q >= threshold

@@ -73,3 +73,17 @@ def predict(
     sample_probs = torch.cat([_pad_choices(p, width, 0.0) for p in parts], dim=1)
     choice_mask = torch.cat([_pad_choices(m, width, False) for m in masks], dim=0)
     return Predictions(sample_probs.mean(0), sample_probs, torch.cat(labels), choice_mask)
+
+
+def pyro_predictive(method, batch, num_samples: int = 10) -> torch.Tensor:
+    """Posterior predictive choice probabilities ``[M, B, C]`` through
+    ``pyro.infer.Predictive`` on the method's model and guide: one Predictive sample whose
+    guide draws ``num_samples`` hard gate sets, scored in one batched forward (the model's
+    deterministic site ``probs``). Same numbers as ``predict_logits`` under the same seed."""
+    from pyro.infer import Predictive
+
+    index = torch.arange(batch.num_examples)
+    run = Predictive(method.model, guide=method.guide, num_samples=1, return_sites=("probs",))
+    with torch.no_grad():
+        out = run(batch, index, batch.num_examples, num_samples, hard=True)
+    return out["probs"].reshape(out["probs"].shape[-3:])  # Predictive adds sample dims

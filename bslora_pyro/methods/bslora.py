@@ -10,8 +10,9 @@ from pathlib import Path
 
 from bslora_pyro.bayesian_lora import BayesianLora
 from bslora_pyro.inference.export import load_posterior, save_posterior
+from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.mle import take_options
-from bslora_pyro.models import GuideConfig
+from bslora_pyro.models import PriorConfigError
 
 NAME = "bslora"
 DEFAULTS = {"prior": "bernoulli", "prior_kwargs": None, "guide": {}, "factor_prior_std": None}
@@ -28,16 +29,24 @@ class BayesianSparseLora(BayesianLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> BayesianSparseLora:
-    """Options: ``prior`` (name), ``prior_kwargs`` (dict), ``guide`` (GuideConfig fields),
+    """Options: ``prior`` (name), ``prior_kwargs`` (dict), ``guide`` (a guide name or
+    ``{name: ..., **options}``; without a name the mean-field guide with those options),
     ``factor_prior_std`` (a Gaussian prior on the factors; default none)."""
     options = take_options(NAME, options, DEFAULTS)
+    try:
+        return _build(backbone, scorer, adapter, options)
+    except PriorConfigError as error:  # a prior or guide option: name the config section
+        raise MethodError(f"method_options of {NAME}: {error}") from None
+
+
+def _build(backbone, scorer, adapter, options: dict) -> BayesianSparseLora:
     return BayesianSparseLora(
         backbone,
         scorer,
         adapter,
         prior=options["prior"],
         prior_kwargs=options["prior_kwargs"],
-        guide=GuideConfig(**(options["guide"] or {})),
+        guide=options["guide"] or {},
         factor_prior_std=options["factor_prior_std"],
     )
 

@@ -108,7 +108,7 @@ class PlainLora(nn.Module):
 
     def training_loss(self, batch, index, num_data, num_draws=1, per_example=False, elbo=None):
         elbo = elbo or ExactELBO()
-        return elbo(self.model, self.guide, batch, index, num_data, num_draws, per_example)
+        return elbo.terms(self.model, self.guide, batch, index, num_data, num_draws, per_example)
 
     # --- parameters ---------------------------------------------------------------------
     def factor_parameters(self) -> dict[str, nn.Parameter]:

@@ -1,7 +1,9 @@
-"""Rank-gate priors with their guides, one file each; found by name at import.
+"""Rank-gate priors, one file each, and their guides (``models/guides/``, one file each);
+both are found by name at import.
 
 Adding a prior means adding one file to this folder that defines a
-:class:`~bslora_pyro.models.base.GatePrior` subclass with a new ``name``.
+:class:`~bslora_pyro.models.base.GatePrior` subclass with a new ``name``; adding a guide,
+one file to ``guides/`` with a :class:`~bslora_pyro.models.guides.base.GateGuide` subclass.
 """
 
 from __future__ import annotations
@@ -9,17 +11,22 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bslora_pyro.models.base import (
-    ConcreteGate,
-    GatePrior,
+from bslora_pyro.models.base import GatePrior, LatentSite, PriorConfigError
+from bslora_pyro.models.gates import AutoregressiveGate, ConcreteGate, GateDistribution
+from bslora_pyro.models.guides import (
+    GateGuide,
     GuideConfig,
-    PriorConfigError,
+    available_guides,
+    build_guide,
+    get_guide,
 )
+
+_NOT_PRIORS = {"base", "gates", "guides"}
 
 
 def _discover() -> dict[str, type[GatePrior]]:
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
+        if info.name not in _NOT_PRIORS:
             importlib.import_module(f"{__name__}.{info.name}")
     found: dict[str, type[GatePrior]] = {}
     stack = list(GatePrior.__subclasses__())
@@ -47,10 +54,17 @@ def get_prior(name: str) -> type[GatePrior]:
 
 
 __all__ = [
+    "AutoregressiveGate",
     "ConcreteGate",
+    "GateDistribution",
+    "GateGuide",
     "GatePrior",
     "GuideConfig",
+    "LatentSite",
     "PriorConfigError",
+    "available_guides",
     "available_priors",
+    "build_guide",
+    "get_guide",
     "get_prior",
 ]

@@ -1,113 +1,68 @@
-"""The shared interface of rank-gate priors and their variational guides.
+"""The interface of rank-gate priors (the generative side of the Pyro program).
 
 A prior file in this folder defines one :class:`GatePrior` subclass with a unique
-``name``. ``model()`` declares the prior's Pyro sample sites for every adapted module and
-returns the gates ``z``; ``guide()`` declares the matching variational sites. Both are
-called by :class:`bslora_pyro.BayesianLora` inside a ``gate_draws`` plate, so every site
-gets a leading batch dimension of Monte Carlo draws; sites must be written with
-``.to_event(1)`` over the rank dimension and nothing else.
+``name``. Its :meth:`GatePrior.model` samples the prior's global latents (inclusion
+probabilities, stick proportions: :class:`LatentSite` s it declares in
+:meth:`GatePrior.latent_sites`) and, inside the ``gate_plate`` it is given, one gate site
+per adapted module (named exactly after the module path, event shape ``[r]``, written with
+``.to_event(1)``). A latent may serve one module (``"<path>/pi"``) or a group of them
+(``"<group>/pi"``, e.g. one inclusion probability per layer): the guides, the ELBO, the
+ArviZ data, checkpoints and saved posteriors all work from the declared sites.
 
-The gate site of a module is named exactly after the module path; auxiliary latent sites
-(inclusion probabilities, stick proportions) append a suffix (``"<path>/pi"``).
+Every gate prior here is ``z_j ~ Bernoulli(pi_j)`` given the latents, so the gate term of
+the KL is ``E_q[KL(q(z) || Bernoulli(pi))] = -H(q(z)) - sum_j q_j E[log pi_j] + (1 - q_j)
+E[log(1 - pi_j)]``: :meth:`GatePrior.expected_log_probs` gives the two expectations under
+the guide's q of the latents (exact for Bernoulli and Beta, lower-variance Monte Carlo where
+no closed form exists); guides attach :meth:`GatePrior.expected_gate_kl` to their gate
+sites (``infer={"expected_kl": ...}``, which ``poutine.replay`` carries to the model's
+site) for :class:`~bslora_pyro.inference.elbo.ExactELBO`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.distributions import kl_divergence, register_kl
+
+from bslora_pyro.models.gates import GateDistribution
 
 
 class PriorConfigError(ValueError):
     """A prior or guide hyperparameter outside its valid range."""
 
 
-class ConcreteGate(dist.RelaxedBernoulli):
-    """Binary Concrete (Gumbel-sigmoid) relaxation of ``Bernoulli(sigmoid(logits))``.
+@dataclass(frozen=True)
+class LatentSite:
+    """A latent in [0, 1] besides the gates, with a ``Beta(a, b)`` prior per element.
 
-    ``rsample`` gives a relaxed gate in (0, 1) with reparametrised gradients; with
-    ``straight_through`` the forward value is the hard gate ``1[z > 1/2]`` while gradients
-    flow through the relaxed one. The KL to a ``Bernoulli`` prior is the closed-form KL of
-    the discrete Bernoulli this relaxes (registered below): the paper's exact objective.
+    ``name`` is the Pyro site (``"<module>/pi"`` or ``"<group>/pi"``), ``modules`` the adapted
+    modules whose gates depend on it; guides start their q at ``(a, b)``.
     """
 
-    def __init__(
-        self,
-        temperature: torch.Tensor | float,
-        logits: torch.Tensor,
-        straight_through: bool = False,
-        validate_args: bool | None = None,
-    ) -> None:
-        temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
-        super().__init__(temperature, logits=logits, validate_args=validate_args)
-        self.straight_through = straight_through
+    name: str
+    a: torch.Tensor
+    b: torch.Tensor
+    modules: tuple[str, ...]
 
-    def rsample(self, sample_shape: tuple = ()) -> torch.Tensor:
-        soft = super().rsample(sample_shape)
-        if not self.straight_through:
-            return soft
-        hard = (soft > 0.5).to(soft.dtype)
-        return hard + soft - soft.detach()
+    @property
+    def shape(self) -> torch.Size:
+        return self.a.shape
 
-    def expand(self, batch_shape, _instance=None) -> ConcreteGate:
-        batch_shape = torch.Size(batch_shape)
-        return ConcreteGate(
-            self.temperature, self.logits.expand(batch_shape), self.straight_through
-        )
+    @property
+    def suffix(self) -> str:
+        """What the latent is (``pi``, ``v``): the part of the name after the last ``/``."""
+        return self.name.rsplit("/", 1)[-1]
 
-    def as_bernoulli(self) -> dist.Bernoulli:
-        return dist.Bernoulli(logits=self.logits)
-
-
-@register_kl(ConcreteGate, dist.Bernoulli)
-def _kl_concrete_gate_bernoulli(q: ConcreteGate, p: dist.Bernoulli) -> torch.Tensor:
-    return kl_divergence(q.as_bernoulli(), p)
-
-
-@dataclass
-class GuideConfig:
-    """Variational family settings shared by every prior.
-
-    Args:
-        temperature: Concrete temperature tau at the start of training.
-        temperature_final: if set, tau is annealed linearly to this value over training.
-        straight_through: hard gates in the forward pass, relaxed gradients.
-        pi_family: family for latent inclusion probabilities / stick proportions
-            (``"beta"`` with a closed-form KL, or ``"kumaraswamy"`` with a Monte Carlo KL).
-    """
-
-    temperature: float = 0.5
-    temperature_final: float | None = None
-    straight_through: bool = False
-    pi_family: str = "beta"
-
-    def __post_init__(self) -> None:
-        for key in ("temperature", "temperature_final"):
-            value = getattr(self, key)
-            if value is not None and not value > 0:
-                raise PriorConfigError(f"guide.{key} must be positive, got {value!r}")
-        if self.pi_family not in ("beta", "kumaraswamy"):
-            raise PriorConfigError(
-                f"guide.pi_family must be 'beta' or 'kumaraswamy', got {self.pi_family!r}"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _key(module_path: str) -> str:
-    return module_path.replace(".", "-")
-
-
-def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x > 20, x, torch.log(torch.expm1(x.clamp(max=20))))
+    @property
+    def group(self) -> str:
+        """The module or group it belongs to: the part of the name before the last ``/``."""
+        return self.name.rsplit("/", 1)[0]
 
 
 def check_probability(name: str, value: float) -> float:
@@ -122,34 +77,68 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-class GatePrior(nn.Module, ABC):
-    """A prior on per-rank gates for a set of adapted modules, and its guide.
+def clamp_probs(p: torch.Tensor) -> torch.Tensor:
+    eps = torch.finfo(p.dtype).eps
+    return p.clamp(eps, 1 - eps)
 
-    Subclasses set ``name``, accept their hyperparameters as keyword arguments, create
-    their variational parameters in ``__init__`` and implement :meth:`model`,
-    :meth:`guide_latents` and :meth:`prior_inclusion_probs`. The gate logits
-    ``phi`` (``self.gate_logits``) and the relaxed-Bernoulli gate site are shared.
+
+def beta_log_moments(q: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(E[log x], E[log(1 - x)])`` of a Beta in closed form (digammas); ``None`` for
+    another family (the caller then estimates them)."""
+    if not isinstance(q, dist.Beta):
+        return None
+    a, b = q.concentration1, q.concentration0
+    total = torch.digamma(a + b)
+    return torch.digamma(a) - total, torch.digamma(b) - total
+
+
+def sampled_log_moments(
+    q: dist.Distribution, transform: Callable[[torch.Tensor], torch.Tensor], draws: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E[log f(x)]`` and ``E[log(1 - f(x))]`` by ``draws`` reparametrised draws of ``x``
+    (cheap: no network forward), for latents without a closed form."""
+    p = clamp_probs(transform(q.rsample((draws,))))
+    return p.log().mean(0), torch.log1p(-p).mean(0)
+
+
+def expected_bernoulli_kl(
+    q: GateDistribution, log_p1: torch.Tensor, log_p0: torch.Tensor
+) -> torch.Tensor:
+    """``E[KL(q(z) || prod_j Bernoulli(pi_j))]`` from ``E[log pi]`` and ``E[log(1 - pi)]``
+    (per gate draw, summed over the ``r`` ranks)."""
+    marginal = q.inclusion_probs()
+    cross = marginal * log_p1 + (1 - marginal) * log_p0
+    return -q.discrete_entropy() - cross.sum(-1)
+
+
+class GatePrior(nn.Module, ABC):
+    """A prior on per-rank gates for a set of adapted modules.
+
+    Subclasses set ``name``, take their hyperparameters as keyword arguments, and implement
+    :meth:`latent_sites`, :meth:`gate_probs` and :meth:`prior_inclusion_probs`; the Pyro
+    program (:meth:`model`) and the exact gate KL follow from them. A prior holds no
+    variational parameters: the guide (``bslora_pyro.models.guides``) does.
     """
 
     name: ClassVar[str] = ""
+    #: Monte Carlo draws of the latents for expectations without a closed form
+    latent_draws: ClassVar[int] = 64
 
-    def __init__(self, module_ranks: dict[str, int], guide_config: GuideConfig | None = None):
+    def __init__(self, module_ranks: dict[str, int]) -> None:
         super().__init__()
         if not module_ranks:
             raise PriorConfigError("a gate prior needs at least one adapted module")
         self.module_ranks = dict(module_ranks)
-        self.guide_config = guide_config or GuideConfig()
-        self.temperature = self.guide_config.temperature
-        self.gate_logits = nn.ParameterDict()
+        self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
 
     # --- to implement -------------------------------------------------------------------
-    @abstractmethod
-    def model(self) -> dict[str, torch.Tensor]:
-        """Sample the prior's sites for every module; return the gates by module path."""
+    def latent_sites(self) -> list[LatentSite]:
+        """The prior's latents besides the gates (none for a fixed Bernoulli prior)."""
+        return []
 
     @abstractmethod
-    def guide_latents(self, module: str) -> None:
-        """Sample the guide's auxiliary latent sites of one module (none for Bernoulli)."""
+    def gate_probs(self, module: str, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        """P(z = 1 | latents) of one module's gates, shape ``[..., r]``."""
 
     @abstractmethod
     def prior_inclusion_probs(self) -> dict[str, torch.Tensor]:
@@ -159,48 +148,51 @@ class GatePrior(nn.Module, ABC):
         """The keyword arguments that rebuild this prior (saved with a posterior)."""
         return {}
 
-    # --- shared -------------------------------------------------------------------------
-    def init_gate_logits(self, probs: dict[str, torch.Tensor]) -> None:
-        """Start q(z) at ``probs`` (the prior's marginal): phi = logit(p)."""
-        for module, p in probs.items():
-            self.gate_logits[_key(module)] = nn.Parameter(torch.logit(p.float()))
-
-    def logits_of(self, module: str) -> torch.Tensor:
-        return self.gate_logits[_key(module)]
-
-    def guide(self, hard: bool = False) -> dict[str, torch.Tensor]:
-        """Sample the variational sites; ``hard`` draws exact Bernoulli gates (prediction)."""
+    # --- the Pyro program ---------------------------------------------------------------
+    def model(self, gate_plate) -> dict[str, torch.Tensor]:
+        """Sample the latents (outside ``gate_plate``: global), then every module's gates
+        inside it; return the gates by module path."""
+        device = self._device_probe.device
+        latents = {
+            site.name: pyro.sample(
+                site.name,
+                dist.Beta(site.a.to(device), site.b.to(device)).to_event(site.a.dim()),
+            )
+            for site in self.latent_sites()
+        }
         gates = {}
-        for module in self.module_ranks:
-            self.guide_latents(module)
-            logits = self.logits_of(module)
-            if hard:
-                fn = dist.Bernoulli(logits=logits)
-            else:
-                fn = ConcreteGate(self.temperature, logits, self.guide_config.straight_through)
-            gates[module] = pyro.sample(module, fn.to_event(1))
+        with gate_plate:
+            for module in self.module_ranks:
+                probs = clamp_probs(self.gate_probs(module, latents))
+                gates[module] = pyro.sample(module, dist.Bernoulli(probs=probs).to_event(1))
         return gates
 
-    def inclusion_probs(self) -> dict[str, torch.Tensor]:
-        """Posterior q(z_j = 1) per module, shape [r]."""
-        return {m: torch.sigmoid(self.logits_of(m)).detach() for m in self.module_ranks}
+    # --- the gate KL --------------------------------------------------------------------
+    def expected_log_probs(
+        self, module: str, latent_dists: dict[str, dist.Distribution]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E[log pi], E[log(1 - pi)])`` of one module's gate probabilities under the
+        guide's distributions of the latents it depends on. The default draws the latents
+        (``latent_draws`` at once); priors override it with closed forms where they exist."""
+        draws = {name: q.rsample((self.latent_draws,)) for name, q in latent_dists.items()}
+        p = clamp_probs(self.gate_probs(module, draws))
+        return p.log().mean(0), torch.log1p(-p).mean(0)
 
-    # --- helpers for Beta-process priors -------------------------------------------------
-    def beta_params(self, prefix: str, module: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Create unconstrained variational parameters of a Beta/Kumaraswamy at (a, b)."""
-        raw_a, raw_b = _inverse_softplus(a.float()), _inverse_softplus(b.float())
-        self.register_parameter(f"{prefix}_a__{_key(module)}", nn.Parameter(raw_a))
-        self.register_parameter(f"{prefix}_b__{_key(module)}", nn.Parameter(raw_b))
+    def expected_gate_kl(self, module: str, q: GateDistribution, guide_trace) -> torch.Tensor:
+        """``E_q[KL(q(z) || p(z | latents))]`` of one module, per gate draw."""
+        dists = {site.name: unwrap(guide_trace.nodes[site.name]["fn"])
+                 for site in self.latent_sites() if module in site.modules}
+        log_p1, log_p0 = self.expected_log_probs(module, dists)
+        return expected_bernoulli_kl(q, log_p1, log_p0)
 
-    def beta_family(self, prefix: str, module: str) -> dist.TorchDistribution:
-        """q over a [0, 1]-valued latent: Beta or Kumaraswamy per ``guide.pi_family``."""
-        a = F.softplus(getattr(self, f"{prefix}_a__{_key(module)}"))
-        b = F.softplus(getattr(self, f"{prefix}_b__{_key(module)}"))
-        if self.guide_config.pi_family == "kumaraswamy":
-            return dist.Kumaraswamy(a, b)
-        return dist.Beta(a, b)
+    # --- shared -------------------------------------------------------------------------
+    def site_names(self) -> list[str]:
+        """Every latent Pyro site of the prior: its latents, then one gate site per module."""
+        return [site.name for site in self.latent_sites()] + list(self.module_ranks)
 
 
-def clamp_probs(p: torch.Tensor) -> torch.Tensor:
-    eps = torch.finfo(p.dtype).eps
-    return p.clamp(eps, 1 - eps)
+def unwrap(fn: dist.Distribution) -> dist.Distribution:
+    """The distribution inside ``.to_event(...)`` (and ``.expand``) wrappers."""
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
+        fn = fn.base_dist
+    return fn

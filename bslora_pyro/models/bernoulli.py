@@ -1,41 +1,34 @@
-"""The paper's prior: z_j ~ Bernoulli(p0) i.i.d. per rank; q(z_j) = Bernoulli(sigmoid(phi_j))."""
+"""The paper's prior: z_j ~ Bernoulli(p0) i.i.d. per rank (no other latents)."""
 
 from __future__ import annotations
 
-import pyro
-import pyro.distributions as dist
+import math
+
 import torch
 
-from bslora_pyro.models.base import GatePrior, GuideConfig, check_probability
+from bslora_pyro.models.base import GatePrior, check_probability
 
 
 class BernoulliPrior(GatePrior):
-    """i.i.d. Bernoulli(p0) gates: r variational parameters per module, nothing else."""
+    """i.i.d. Bernoulli(p0) gates; the gate KL is exact (closed form)."""
 
     name = "bernoulli"
 
-    def __init__(
-        self,
-        module_ranks: dict[str, int],
-        guide_config: GuideConfig | None = None,
-        p0: float = 0.5,
-    ) -> None:
-        super().__init__(module_ranks, guide_config)
+    def __init__(self, module_ranks: dict[str, int], p0: float = 0.5) -> None:
+        super().__init__(module_ranks)
         self.p0 = check_probability("p0", p0)
-        self.init_gate_logits(self.prior_inclusion_probs())
 
     def prior_inclusion_probs(self) -> dict[str, torch.Tensor]:
         return {m: torch.full((r,), self.p0) for m, r in self.module_ranks.items()}
 
-    def model(self) -> dict[str, torch.Tensor]:
-        gates = {}
-        for module in self.module_ranks:
-            probs = torch.full_like(self.logits_of(module), self.p0).detach()
-            gates[module] = pyro.sample(module, dist.Bernoulli(probs=probs).to_event(1))
-        return gates
+    def gate_probs(self, module: str, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.full((self.module_ranks[module],), self.p0, device=self._device_probe.device)
 
-    def guide_latents(self, module: str) -> None:
-        return None
+    def expected_log_probs(self, module, latent_dists):
+        r = self.module_ranks[module]
+        device = self._device_probe.device
+        return (torch.full((r,), math.log(self.p0), device=device),
+                torch.full((r,), math.log1p(-self.p0), device=device))
 
     def hyperparameters(self) -> dict:
         return {"p0": self.p0}
