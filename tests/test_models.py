@@ -24,8 +24,9 @@ from bslora_pyro.inference.predictive import predict, pyro_predictive
 from bslora_pyro.inference.svi import SVITrainer, TrainConfig
 from bslora_pyro.models import available_guides, available_priors, get_prior
 from bslora_pyro.models.base import expected_bernoulli_kl
-from bslora_pyro.models.gates import AutoregressiveGate, ConcreteGate
+from bslora_pyro.models.gates import ConcreteGate
 from bslora_pyro.models.guides import build_guide
+from bslora_pyro.models.guides.autoregressive import AutoregressiveGate
 from bslora_pyro.scoring import ChoiceScorer
 from bslora_pyro.testing import assert_equal_up_to_rounding, tiny_llama, tiny_tokenizer
 

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 
 from bslora_pyro.models.base import GatePrior, LatentSite, PriorConfigError
-from bslora_pyro.models.gates import AutoregressiveGate, ConcreteGate, GateDistribution
+from bslora_pyro.models.gates import ConcreteGate, GateDistribution
 from bslora_pyro.models.guides import (
     GateGuide,
     GuideConfig,
@@ -54,7 +54,6 @@ def get_prior(name: str) -> type[GatePrior]:
 
 
 __all__ = [
-    "AutoregressiveGate",
     "ConcreteGate",
     "GateDistribution",
     "GateGuide",
