@@ -8,9 +8,6 @@ one file to ``guides/`` with a :class:`~bslora_pyro.models.guides.base.GateGuide
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from bslora_pyro.models.base import GatePrior, LatentSite, PriorConfigError
 from bslora_pyro.models.gates import ConcreteGate, GateDistribution
 from bslora_pyro.models.guides import (
@@ -20,24 +17,13 @@ from bslora_pyro.models.guides import (
     build_guide,
     get_guide,
 )
+from bslora_pyro.models.registry import discover
 
-_NOT_PRIORS = {"base", "gates", "guides"}
+_NOT_PRIORS = {"base", "gates", "guides", "registry"}
 
 
 def _discover() -> dict[str, type[GatePrior]]:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in _NOT_PRIORS:
-            importlib.import_module(f"{__name__}.{info.name}")
-    found: dict[str, type[GatePrior]] = {}
-    stack = list(GatePrior.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls.name:
-            if cls.name in found and found[cls.name] is not cls:
-                raise PriorConfigError(f"two priors are named {cls.name!r}")
-            found[cls.name] = cls
-    return found
+    return discover(__name__, __path__, GatePrior, _NOT_PRIORS, "prior")
 
 
 def available_priors() -> list[str]:

@@ -9,13 +9,12 @@ chosen by a spec: a name (``"mean_field"``), a mapping ``{"name": ..., **options
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from bslora_pyro.models.base import GatePrior, PriorConfigError
 from bslora_pyro.models.guides.base import GateGuide
+from bslora_pyro.models.registry import discover
 
 DEFAULT_GUIDE = "mean_field"
 
@@ -35,19 +34,7 @@ class GuideConfig:
 
 
 def _discover() -> dict[str, type[GateGuide]]:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
-    found: dict[str, type[GateGuide]] = {}
-    stack = list(GateGuide.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls.name:
-            if cls.name in found and found[cls.name] is not cls:
-                raise PriorConfigError(f"two guides are named {cls.name!r}")
-            found[cls.name] = cls
-    return found
+    return discover(__name__, __path__, GateGuide, {"base"}, "guide")
 
 
 def available_guides() -> list[str]:
