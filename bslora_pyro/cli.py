@@ -26,7 +26,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     results = evaluate_run(args.run_dir, args.task, split=args.split, limit=args.limit,
                            data_dir=args.data_dir, num_samples=args.num_samples,
-                           progress=not args.quiet)
+                           progress=not args.quiet, columns=args.column)
     print(metrics_table(results))
 
 
@@ -90,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on another task")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--task", required=True, help="e.g. arc_challenge, mmlu:college_physics")
-    evaluate.add_argument("--split", default="dev", help="split of the task (default dev)")
+    evaluate.add_argument("--task", required=True,
+                          help="e.g. arc_challenge, mmlu:college_physics, file:PATH (a .jsonl, "
+                               ".json or .csv file) or hub:ID (a hub dataset)")
+    evaluate.add_argument("--split", help="split of the task (default dev) or hub dataset")
+    evaluate.add_argument("--column", action="append", default=[], metavar="KEY=VALUE",
+                          help="column mapping of a file: or hub: set, e.g. --column question=Q "
+                               "(default: the run's own training-data mapping)")
     evaluate.add_argument("--limit", type=int, help="first N questions only")
     evaluate.add_argument("--data-dir", help="local data folder")
     evaluate.add_argument("--num-samples", type=int, help="Monte Carlo samples M")

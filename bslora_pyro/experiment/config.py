@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -51,17 +52,75 @@ class ModelConfig:
             raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
 
+#: a key added after runs were made: left out of ``to_dict`` at its default, so the saved
+#: config of an earlier run (and the grid's same-config check) stays as it was
+_ADDED = {"omit_at_default": True}
+
+#: the keys of your own data (see ``bslora_pyro.data.custom.CustomTask``)
+CUSTOM_KEYS = ("path", "format", "hub_config", "name", "question", "choices", "answer",
+               "answer_type", "context", "prompt", "id")
+
+
 @dataclass
 class SplitConfig:
-    """One task split: ``task`` from ``bslora_pyro.data.available_tasks()``."""
+    """One set: a built-in ``task`` (``bslora_pyro.data.available_tasks()``) and its
+    ``split``, or your own multiple-choice data: ``path`` (a .jsonl/.json/.csv file, or with
+    ``format: hub`` a hub dataset id and its ``split``) and the columns ``question``,
+    ``choices`` (one column holding a list, or a list of columns) and ``answer`` (read as
+    ``answer_type``: index, letter or text), optionally ``context``, ``prompt`` (a template),
+    ``id``, ``hub_config`` and ``name`` (the set's label)."""
 
-    task: str
-    split: str
+    task: str | None = None
+    split: str | None = None
     limit: int | None = None
+    path: str | None = field(default=None, metadata=_ADDED)
+    format: str | None = field(default=None, metadata=_ADDED)
+    hub_config: str | None = field(default=None, metadata=_ADDED)
+    name: str | None = field(default=None, metadata=_ADDED)
+    question: str | None = field(default=None, metadata=_ADDED)
+    choices: str | list[str] | None = field(default=None, metadata=_ADDED)
+    answer: str | None = field(default=None, metadata=_ADDED)
+    answer_type: str | None = field(default=None, metadata=_ADDED)
+    context: str | None = field(default=None, metadata=_ADDED)
+    prompt: str | None = field(default=None, metadata=_ADDED)
+    id: str | None = field(default=None, metadata=_ADDED)
+
+    def __post_init__(self) -> None:
+        if self.path is None:
+            given = [key for key in CUSTOM_KEYS if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{given[0]} needs path (your own data file or hub dataset)")
+            if self.task is None or self.split is None:
+                raise ValueError("give task and split (a built-in task) or path (your own data)")
+            return
+        if self.task is not None:
+            raise ValueError("give either task (a built-in task) or path (your own data)")
+        missing = [key for key in ("question", "choices", "answer") if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"path {self.path!r} needs the column mapping: set "
+                             f"{', '.join(missing)}")
+        self.custom_task()  # checks the mapping
+
+    def custom_task(self):
+        """The :class:`~bslora_pyro.data.custom.CustomTask` of a set given by ``path``."""
+        from bslora_pyro.data.custom import CustomTask
+
+        mapping = {key: getattr(self, key) for key in CUSTOM_KEYS if getattr(self, key) is not None}
+        return CustomTask(**mapping, split=self.split)
 
     @property
     def label(self) -> str:
+        if self.path is not None:
+            return self.custom_task().label
         return f"{self.task}:{self.split}"
+
+    @property
+    def source(self) -> tuple:
+        """What identifies the set's rows (the same for a training and an evaluation set
+        drawn from the same data)."""
+        if self.path is not None:
+            return self.custom_task().source
+        return (self.task, self.split)
 
 
 @dataclass
@@ -86,6 +145,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.eval:
             raise ConfigError("data.eval must list at least one evaluation split")
+        labels = [split.label for split in self.eval]
+        for split, label in zip(self.eval, labels, strict=True):
+            if split.path is not None and labels.count(label) > 1:
+                raise ConfigError(f"data.eval: two sets are labelled {label!r}; set name on one")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(
                 f"data.validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
@@ -139,7 +202,28 @@ class ExperimentConfig:
             )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict``, less the keys marked ``_ADDED`` that hold their default."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.metadata.get("omit_at_default") and item == _default(f):
+                continue
+            out[f.name] = _plain(item)
+        return out
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

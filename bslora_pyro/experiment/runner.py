@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -36,8 +37,13 @@ def seed_everything(seed: int) -> None:
 
 
 def load_split(split: SplitConfig, data_dir: str | None) -> list:
+    """A built-in task's split (from ``data_dir`` or the hub), or your own data (``path``)."""
     from bslora_pyro.data import load_task
 
+    if split.path is not None:
+        from bslora_pyro.data.custom import load_custom
+
+        return load_custom(split.custom_task(), limit=split.limit)
     return load_task(split.task, split.split, data_dir=data_dir, limit=split.limit)
 
 
@@ -60,13 +66,13 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
         except ValueError as error:
             raise ConfigError(f"data.validation_fraction: {error}") from None
     for split in config.data.eval:  # fail on a bad eval set before spending time training
-        if (split.task, split.split) == (config.data.train.task, config.data.train.split):
+        if split.source == config.data.train.source:
             raise ConfigError(
                 f"data.eval {split.label} is the training split; evaluate on another split "
                 "(tuned settings use data.validation_fraction)"
             )
         probe = 1 if split.limit is None else min(split.limit, 1)
-        if not load_split(SplitConfig(split.task, split.split, probe), config.data.dir):
+        if not load_split(dataclasses.replace(split, limit=probe), config.data.dir):
             raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
     return train, validation
 
@@ -415,14 +421,19 @@ def load_trained_method(run_dir: Path, config: ExperimentConfig):
     return build_method(config, backbone, scorer)  # nothing was trained (zero-shot)
 
 
-def evaluate_run(run_dir: str | Path, task: str, split: str = "dev", limit: int | None = None,
-                 data_dir: str | None = None, num_samples: int | None = None,
-                 progress: bool = True) -> dict:
-    """Evaluate a trained run on another task (a distribution shift) into its run dir."""
+def evaluate_run(run_dir: str | Path, task: str, split: str | None = None,
+                 limit: int | None = None, data_dir: str | None = None,
+                 num_samples: int | None = None, progress: bool = True,
+                 columns: list[str] | None = None) -> dict:
+    """Evaluate a trained run on another set (a distribution shift) into its run dir:
+    a built-in ``task`` (``split`` defaults to dev), or ``file:PATH`` / ``hub:ID`` with
+    ``columns`` (``KEY=VALUE`` column mapping; see ``experiment.splits``)."""
     from bslora_pyro.experiment.report import write_report
+    from bslora_pyro.experiment.splits import evaluation_split
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    target = evaluation_split(config, task, split, limit, columns or [])
     if data_dir is not None:
         config.data.dir = data_dir
     if num_samples is not None:
@@ -433,7 +444,7 @@ def evaluate_run(run_dir: str | Path, task: str, split: str = "dev", limit: int 
     reference = rundir.read_predictions(reference_path) if reference_path.is_file() else None
     metrics = rundir.read_metrics(run_dir)
     temperature = metrics.get(rundir.TEMPERED, {}).get("temperature")
-    results, tempered = evaluate_sets(config, method, [SplitConfig(task, split, limit)], run_dir,
+    results, tempered = evaluate_sets(config, method, [target], run_dir,
                                       reference=reference, progress=progress,
                                       temperature=temperature)
     metrics.update(results)
