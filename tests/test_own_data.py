@@ -151,6 +151,9 @@ def test_two_eval_sets_with_one_label(tmp_path):
 def test_saved_config_leaves_out_the_keys_a_built_in_run_does_not_use():
     config = load_config(ROOT / "experiments" / "configs" / "tiny.yaml")
     data = config.to_dict()
+    assert "tracking" not in data
     assert data["data"]["train"] == {"task": "arc_easy", "split": "train", "limit": 16}
-    custom = load_config(ROOT / "experiments" / "configs" / "own_data.yaml").to_dict()
+    custom = load_config(ROOT / "experiments" / "configs" / "own_data.yaml",
+                         ["tracking.log_with=tensorboard"]).to_dict()
+    assert custom["tracking"]["log_with"] == "tensorboard"
     assert custom["data"]["eval"][1]["answer_type"] == "letter"

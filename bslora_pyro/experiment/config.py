@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from bslora_pyro.adapter import AdapterConfig
+from bslora_pyro.experiment.tracking import TrackingConfig
 from bslora_pyro.inference.svi import TrainConfig
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -190,6 +191,7 @@ class ExperimentConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     log_every: int = 10
     checkpoint_every: int = 50
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=_ADDED)
 
     def __post_init__(self) -> None:
         needs_validation = [key for key, on in (

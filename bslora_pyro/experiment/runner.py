@@ -115,9 +115,11 @@ def build_method(config: ExperimentConfig, backbone, scorer):
     return method
 
 
-def _log_step(run_dir: Path, config: ExperimentConfig, method):
+def _log_step(run_dir: Path, config: ExperimentConfig, method, tracker=None):
     def on_step(trainer, record: dict) -> None:
         rundir.append_jsonl(run_dir / rundir.TRAIN_LOG, record)
+        if tracker is not None:
+            tracker.log_step(trainer, record)
         step = record["step"]
         gated = hasattr(method, "inclusion_probs")
         if gated and (step % config.log_every == 0 or step == config.train.steps):
@@ -129,11 +131,12 @@ def _log_step(run_dir: Path, config: ExperimentConfig, method):
 
 
 def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path, progress=True,
-                 resume: bool = False, validation: list | None = None) -> dict:
+                 resume: bool = False, validation: list | None = None, tracker=None) -> dict:
     """Run SVI (and any post-hoc fitting the method asks for); ``resume`` continues from
     the run directory's latest checkpoint. With ``train.validate_every`` the ``validation``
     examples are scored during training, and with ``train.early_stopping`` the best
-    validated step's weights are restored; returns what early stopping did (or ``{}``)."""
+    validated step's weights are restored; returns what early stopping did (or ``{}``).
+    A ``tracker`` (``experiment.tracking``) gets every step's record."""
     if not getattr(method, "trainable", True):
         return {}
     fit = getattr(method, "fit", None)
@@ -144,10 +147,10 @@ def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path
             raise ConfigError(f"train.validate_every is not supported for method "
                               f"{config.method!r} (it trains its own members)")
         fit(train_examples, method.scorer.encode, config.train, progress=progress,
-            on_step=_log_step(run_dir, config, method))
+            on_step=_log_step(run_dir, config, method, tracker))
         return {}
     return _train_with_checkpoints(config, method, train_examples, run_dir, progress, resume,
-                                   validation or [])
+                                   validation or [], tracker)
 
 
 def _validation_monitor(config: ExperimentConfig, method, validation: list, run_dir: Path):
@@ -171,7 +174,8 @@ def _validation_monitor(config: ExperimentConfig, method, validation: list, run_
 
 
 def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, run_dir: Path,
-                            progress: bool, resume: bool, validation: list) -> dict:
+                            progress: bool, resume: bool, validation: list,
+                            tracker=None) -> dict:
     """SVI (accelerate when launched on several processes) with checkpoints every
     ``config.checkpoint_every`` steps in ``run_dir/checkpoint``; a NaN stops with a message."""
     from bslora_pyro.inference import checkpoint
@@ -198,7 +202,7 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
             for name, records in ((rundir.TRAIN_LOG, trainer.history), (rundir.GATE_LOG, gates)):
                 rundir.atomic_write_text(run_dir / name, "".join(json.dumps(r) + "\n"
                                                                  for r in records))
-    log_step = _log_step(run_dir, config, method)
+    log_step = _log_step(run_dir, config, method, tracker)
 
     def on_step(trainer, record: dict) -> None:
         if monitor is not None:
@@ -350,6 +354,7 @@ def run_experiment(
     frozen-prefix hidden states between runs on the same backbone (see ``run_grid``).
     """
     from bslora_pyro.experiment.report import write_report
+    from bslora_pyro.experiment.tracking import start_tracking
     from bslora_pyro.inference.distributed import is_main_process
 
     run_dir = Path(out_dir)
@@ -363,12 +368,14 @@ def run_experiment(
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
                                                                      sort_keys=False))
     seed_everything(config.seed)
+    tracker = start_tracking(config, run_dir) if is_main_process() else None
     train_examples, validation = load_training_data(config)
     backbone, own_scorer = build_scorer_and_backbone(config)
     scorer = scorer or own_scorer
     method = build_method(config, backbone, scorer)
     started = time.perf_counter()
-    stopped = train_method(config, method, train_examples, run_dir, progress, resume, validation)
+    stopped = train_method(config, method, train_examples, run_dir, progress, resume, validation,
+                           tracker)
     train_seconds = time.perf_counter() - started
     if not is_main_process():
         return {}
@@ -394,6 +401,9 @@ def run_experiment(
         results[rundir.TEMPERED] = {"temperature": temperature, "sets": tempered}
     rundir.write_metrics(run_dir, results)
     write_report(run_dir)
+    if tracker is not None:
+        tracker.log_metrics(results, step=config.train.steps)
+        tracker.finish()
     return results
 
 
@@ -430,10 +440,12 @@ def evaluate_run(run_dir: str | Path, task: str, split: str | None = None,
     ``columns`` (``KEY=VALUE`` column mapping; see ``experiment.splits``)."""
     from bslora_pyro.experiment.report import write_report
     from bslora_pyro.experiment.splits import evaluation_split
+    from bslora_pyro.experiment.tracking import start_tracking
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     target = evaluation_split(config, task, split, limit, columns or [])
+    tracker = start_tracking(config, run_dir)
     if data_dir is not None:
         config.data.dir = data_dir
     if num_samples is not None:
@@ -452,4 +464,7 @@ def evaluate_run(run_dir: str | Path, task: str, split: str | None = None,
         metrics[rundir.TEMPERED]["sets"].update(tempered)
     rundir.write_metrics(run_dir, metrics)
     write_report(run_dir)
+    if tracker is not None:
+        tracker.log_metrics(results, step=config.train.steps)
+        tracker.finish()
     return results
