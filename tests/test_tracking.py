@@ -56,7 +56,8 @@ def test_learning_rates_are_those_each_step_used(tracked_run):
 def test_evaluation_metrics_are_logged_at_the_last_step(tracked_run):
     curves = scalars(tracked_run / "tracking")
     metrics = json.loads((tracked_run / rundir.METRICS).read_text())
-    for label, tag in (("arc_easy:dev", "arc_easy_dev"), ("arc_challenge:dev", "arc_challenge_dev")):
+    sets = (("arc_easy:dev", "arc_easy_dev"), ("arc_challenge:dev", "arc_challenge_dev"))
+    for label, tag in sets:
         for key in ("acc", "ece", "nll", "brier"):
             (point,) = curves[f"eval/{tag}/{key}"]
             assert point.step == 4

@@ -84,7 +84,8 @@ class CustomTask:
         if fmt == "hub" and not self.split:
             raise ValueError(f"hub dataset {self.path!r} needs a split (e.g. split: validation)")
         if fmt != "hub" and (self.split is not None or self.hub_config is not None):
-            raise ValueError("split and hub_config apply to format hub only; label a file with name")
+            raise ValueError("split and hub_config apply to format hub only; label a file "
+                             "with name")
         if self.prompt is not None:
             template_fields(self.prompt)
         if self.name is not None and (not self.name.strip() or self.name.startswith("_")):
