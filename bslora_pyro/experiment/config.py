@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The backbone and how answers are scored.
 
-    ``name``: hub id, local folder, or the offline aliases ``smollm2-135m`` / ``minilm``.
+    ``name``: hub id, local folder, or the offline aliases ``smollm2-135m`` / ``minilm`` /
+    ``gemma3-270m``.
     ``scoring``: ``letter`` (paper), ``choice_loglik`` (small LMs) or ``encoder``.
     """
 
