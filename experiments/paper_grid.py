@@ -117,6 +117,13 @@ def read_variants(args: argparse.Namespace) -> list[dict]:
 def main(args: argparse.Namespace) -> None:
     base = load_config(args.config, args.set, args.data_dir)
     variants = read_variants(args)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {v["name"] for v in variants})
+        if unknown:
+            raise SystemExit(f"--only: unknown variant(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(v['name'] for v in variants)}")
+        variants = [v for v in variants if v["name"] in names]
     seeds = [int(s) for s in args.seeds.split(",")]
     tasks = args.tasks.split(",")
     out = Path(args.out)
@@ -139,6 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default="mle,map,mc_dropout,ensemble,blob,laplace,bslora")
     parser.add_argument("--variants", help="YAML `variants: [{name, method, set, tasks}]` "
                         "(replaces --methods; `tasks` limits a variant to some tasks)")
+    parser.add_argument("--only", help="comma-separated variant names to run (and tabulate)")
     parser.add_argument("--tasks", default=",".join(IN_DISTRIBUTION))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train-limit", type=int, help="first N training questions per task")

@@ -163,6 +163,20 @@ def test_paper_grid_runs_named_variants_and_writes_paper_tables(tmp_path):
     assert rundir.read_metrics(run)["_run"]["train_examples"] == 15  # 20 less 5 validation
 
 
+def test_paper_grid_only_names_known_variants(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import paper_grid
+
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("variants:\n  - {name: mle, method: mle}\n")
+    with pytest.raises(SystemExit, match="unknown variant.*bslora_typo.*choose from mle"):
+        paper_grid.main(paper_grid.parse_args([
+            str(CONFIG), "--out", str(tmp_path / "runs"), "--variants", str(variants),
+            "--only", "mle,bslora_typo",
+        ]))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_help_on_every_command(capsys):
     for command in ("train", "evaluate", "compare", "grid", "analyze"):
         with pytest.raises(SystemExit) as exit_info:
