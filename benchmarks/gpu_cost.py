@@ -85,8 +85,8 @@ def gpu_ratios(model: str) -> tuple[Ratio, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="smollm2-135m,llama-1b,llama31-8b",
-                        help=f"subset of {sorted(SHAPES)}")
+    parser.add_argument("--models", default="llama31-8b,llama-1b,smollm2-135m",
+                        help=f"subset of {sorted(SHAPES)} (the target shape first)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="the tiny 'smoke' shape on the CPU, 1 timed step (tests)")
     bench_cost.add_measure_args(parser, steps=5, warmup=2, seq_len=300, device="cuda",
@@ -144,8 +144,12 @@ def target_lines(rows: list[dict[str, Any]], model: str, smoke: bool) -> list[st
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    names = args.models.split(",")
-    results, device, dtype = bench_cost.measure_models(names, load_shape, args)
+    results: dict[str, Any] = {}
+    for name in args.models.split(","):  # the JSON holds every finished model, should a
+        part, device, dtype = bench_cost.measure_models([name], load_shape, args)  # limit hit
+        results.update(part)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"partial": True, "results": results}, indent=2))
     target = "smoke" if args.cpu_smoke else TARGET_MODEL
     out = bench_cost.report(results, gpu_ratios(target), args, device, dtype)
     if device.type == "cuda":
