@@ -10,8 +10,8 @@ repeats, medians, ``torch.cuda.synchronize`` around every timing, peak memory fr
 ``torch.cuda.max_memory_allocated``); this script adds the shapes and the targets of
 issue 16, stated for the Llama-3.1-8B shape and printed as met or MISSED::
 
-    python benchmarks/gpu_cost.py --out gpu_check/gpu_cost.json     # on a GPU
-    python benchmarks/gpu_cost.py --cpu-smoke --out /tmp/smoke.json  # tiny shapes, CPU
+    python benchmarks/gpu_cost.py --out gpu_check_out/gpu_cost.json  # on a GPU
+    python benchmarks/gpu_cost.py --cpu-smoke --out smoke.json       # a tiny shape, CPU
 
 ``--cpu-smoke`` runs one tiny shape on the CPU in a few seconds (the test suite does), so the
 GPU path cannot rot between GPU sessions; its numbers are not measurements.
