@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 from conftest import make_questions
+from test_checkpoint import resumed_after_three_steps
 from test_fast_paths import EXAMPLES, build, loss_and_grads, predict
 
 from bslora_pyro.adapter import GatedLoraLinear, GateShapeError
@@ -126,13 +127,18 @@ def _bf16_method(device: str):
     return build("llama", "2:", "letter", scorer=scorer).to(device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_bf16_autocast_prediction_matches_float32(device):
+def _fp32_prediction(device: str):
+    """That method, a batch, 3 gate draws and their float32 choice logits."""
     method = _bf16_method(device)
     batch = method.scorer.encode(EXAMPLES)
     torch.manual_seed(1)
     gates = {k: v.to(device) for k, v in method.sample_gates(3).items()}
-    fp32 = predict(method, batch, method.scorer, gates, 3)
+    return method, batch, gates, predict(method, batch, method.scorer, gates, 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_prediction_matches_float32(device):
+    method, batch, gates, fp32 = _fp32_prediction(device)
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
         bf16 = predict(method, batch, method.scorer, gates, 3)
     assert bf16.dtype == torch.float32  # the scorer returns float32 logits either way
@@ -144,11 +150,7 @@ def test_bf16_autocast_prediction_matches_float32(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_base_with_float32_adapters_matches_float32(device):
-    method = _bf16_method(device)
-    batch = method.scorer.encode(EXAMPLES)
-    torch.manual_seed(1)
-    gates = {k: v.to(device) for k, v in method.sample_gates(3).items()}
-    fp32 = predict(method, batch, method.scorer, gates, 3)
+    method, batch, gates, fp32 = _fp32_prediction(device)
     for name, p in method.backbone.named_parameters():
         if ".lora_" not in name:
             p.data = p.data.to(torch.bfloat16)  # the base in bf16, adapters stay float32
@@ -172,40 +174,13 @@ def test_bf16_autocast_training_matches_float32(device):
     assert torch.nn.functional.cosine_similarity(bf16_flat, flat, dim=0) > 0.999
 
 
-def _cuda_trainer(seed: int = 0):
-    from bslora_pyro.adapter import AdapterConfig
-    from bslora_pyro.bayesian_lora import BayesianLora
-    from bslora_pyro.inference.svi import SVITrainer, TrainConfig
-    from bslora_pyro.testing import tiny_llama, tiny_tokenizer
-
-    torch.manual_seed(seed)
-    adapter = AdapterConfig(r=2, alpha=4.0, target_modules=["q_proj", "v_proj"])
-    method = BayesianLora(tiny_llama(seed=0).cuda(), ChoiceScorer(tiny_tokenizer(), "letter"),
-                          adapter, prior="beta_bernoulli").cuda()  # Monte Carlo: RNG matters
-    config = TrainConfig(steps=5, batch_size=4, lr_factors=1e-2, lr_gates=5e-2,
-                         num_particles=2, warmup_ratio=0.2)
-    return SVITrainer(method, method.scorer.encode, config, device="cuda")
-
-
 @cuda_only
 def test_checkpoint_round_trip_on_cuda(tmp_path):
-    from bslora_pyro.inference.checkpoint import restore_checkpoint, save_checkpoint
-
     examples = make_questions(12)
-    full = _cuda_trainer()
-    full.fit(examples, progress=False)
-    first = _cuda_trainer()
-    first.method.train()
-    for _ in range(3):
-        first.train_step(examples)
-    save_checkpoint(first, tmp_path)
-    torch.cuda.manual_seed_all(123)  # another CUDA RNG state: the checkpoint brings its own
-    resumed = _cuda_trainer(seed=1)
-    assert restore_checkpoint(resumed, tmp_path) == 3
+    full, resumed = resumed_after_three_steps(examples, tmp_path, device="cuda")
     params = resumed.parameters()
     assert all(p.device.type == "cuda" for p in params)
-    state = resumed.optimizer.state[params[0]]
-    assert state["exp_avg"].device.type == "cuda"
+    assert resumed.optimizer.state[params[0]]["exp_avg"].device.type == "cuda"
     resumed.fit(examples, progress=False)
     # same kernels on the same rows; a tolerance only for kernels that sum with atomics
     losses = torch.tensor([h["loss"] for h in resumed.history])
