@@ -435,7 +435,7 @@ def run_setting(spec: Spec, layers: str | None, args, device: torch.device) -> d
         "tokens": int(batch.attention_mask.sum()),
         "base_mb": sum(p.numel() * p.element_size() for p in spec.model.parameters()) / 2**20,
     }
-    for kind, method in (("peft", peft), ("plain", plain), ("bayes", bayes)):
+    for kind, method in zip(KINDS, (peft, plain, bayes), strict=True):
         out[f"mem_{kind}"] = memory_mb(spec, kind, layers, batch_cpu, args, device)
         out[f"params_{kind}"] = trainable_count(method)
     train = {
