@@ -140,6 +140,8 @@ def target_lines(rows: list[dict[str, Any]], model: str, smoke: bool) -> list[st
         state = "met" if row["met"] else "MISSED"
         lines.append(f"  {row['layers']:<8} {row['metric']:<38} {row['value']:>7.3f} "
                      f"{row['target']:>8}  {state}")
+    if len(lines) == 1:
+        lines.append(f"  none: {model} was not measured in this run")
     return lines
 
 
