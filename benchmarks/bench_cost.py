@@ -1,22 +1,29 @@
 """Cost of Bayesian sparse LoRA against plain LoRA on the same model, batch and layers.
 
-For each model and each adapter placement (all blocks; the top ``--top-layers`` blocks) one
-backbone copy gets plain LoRA and another Bayesian sparse LoRA (``BayesianLora``, S = 1). After
-``--warmup`` untimed rounds, ``--steps`` rounds are timed, the measurements of a round
-interleaved so that machine load affects every variant alike:
+For each model and each adapter placement (all blocks; the top ``--top-layers`` blocks) three
+backbone copies get peft's own LoRA (``peft.get_peft_model`` on the same modules, the
+reference a user without this library runs), the project's plain LoRA (``PlainLora``, MLE) and
+Bayesian sparse LoRA (``BayesianLora``, S = 1). After ``--warmup`` untimed rounds, ``--steps``
+rounds are timed, the measurements of a round interleaved so that machine load affects every
+variant alike:
 
-* training step (loss, backward, AdamW) of plain LoRA, of ``BayesianLora`` (frozen prefix
-  cached across steps: warm after the warm-up round) and of ``BayesianLora`` without the frozen
-  prefix (full forward every step);
-* one plain-LoRA forward, an M-draw ``BayesianLora`` prediction (one batched forward, frozen
-  prefix computed once) and M sequential single-draw full forwards.
+* training step (loss, backward, AdamW) of peft LoRA, of plain LoRA, of ``BayesianLora``
+  (frozen prefix cached across steps: warm after the warm-up round) and of ``BayesianLora``
+  without the frozen prefix (full forward every step);
+* one peft-LoRA forward, one plain-LoRA forward with the frozen-prefix cache (cached: only the
+  adapted top runs once the cache is warm) and without it (uncached: the full forward, as a
+  user without the cache runs it), an M-draw ``BayesianLora`` prediction (one batched forward,
+  frozen prefix from the cache) and M sequential single-draw full forwards.
 
-Peak memory of a method: what building it and two training steps add to the peak (on GPU
+Every ratio names its reference (see ``RATIOS``). Peak memory of a method: what building it
+(its backbone copy included) and two training steps add to the peak (on GPU
 ``max_memory_allocated`` above the allocation before; on CPU peak RSS above the RSS before,
 read from /proc after resetting the high-water mark). Prints the timings (median, min, max) and
 the ratios against the targets of issue #4, and writes everything to ``--out`` as JSON::
 
     python benchmarks/bench_cost.py --models tiny,smollm2 --steps 5
+
+``benchmarks/gpu_cost.py`` runs the same measurements on random-init model shapes on a GPU.
 """
 
 from __future__ import annotations
@@ -27,17 +34,20 @@ import ctypes
 import gc
 import json
 import platform
+import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from bslora_pyro.adapter import AdapterConfig
+from bslora_pyro.adapter import AdapterConfig, find_targets
 from bslora_pyro.bayesian_lora import BayesianLora
 from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.data.prompts import loglik_pairs
@@ -47,42 +57,80 @@ from bslora_pyro.scoring import ChoiceScorer
 MODELS = ("tiny", "minilm", "smollm2")
 WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing".split()
 CHOICE_WORDS = ("red", "blue", "green", "yellow", "black")
+KINDS = ("peft", "plain", "bayes")  # peft's LoRA, the project's plain LoRA, Bayesian sparse
 
-# (metric, numerator, denominator, target, direction): "<=" or ">=" of the ratio of medians
+
+@dataclass(frozen=True)
+class Ratio:
+    """A ratio of medians ``num / den``, its label naming the reference, and its targets.
+
+    ``targets`` maps a placement (``"all"``, ``"top"``, or ``"*"`` for both) to the target
+    stated for it; ``min_blocks`` and ``model`` restrict the models it is stated for
+    (``None``: any). ``{M}`` in the label is the number of draws.
+    """
+
+    label: str
+    num: str
+    den: str
+    targets: dict[str, float] = field(default_factory=dict)
+    direction: str = "<="
+    min_blocks: int = 0
+    model: str | None = None
+
+    def target(self, model: str, placement: str, num_blocks: int) -> float | None:
+        """The target stated for this model and placement, or None."""
+        if self.model not in (None, model) or num_blocks < self.min_blocks:
+            return None
+        return self.targets.get(placement, self.targets.get("*"))
+
+
+# targets of issue #4 (top 4 of 30 blocks: >= 30 blocks). The M-draw prediction target was
+# stated against a plain-LoRA forward that ran the whole model: the uncached reference.
 RATIOS = (
-    ("train step / plain LoRA", "train_bayes", "train_plain", 1.10, "<="),
-    ("peak memory / plain LoRA", "mem_bayes", "mem_plain", 1.15, "<="),
-    ("M-draw predict / 1 plain fwd", "predict_bayes", "predict_plain", 3.0, "<="),
-    ("M-draw predict / M seq fwds", "predict_bayes", "predict_sequential", 0.9, "<="),
-    ("train no-prefix / cached", "train_no_prefix", "train_bayes", 4.0, ">="),
-    ("trainable params / plain", "params_bayes", "params_plain", None, ""),
+    Ratio("train step / project LoRA step", "train_bayes", "train_plain", {"*": 1.10}),
+    Ratio("train step / peft LoRA step", "train_bayes", "train_peft"),
+    Ratio("peak memory / project LoRA", "mem_bayes", "mem_plain", {"*": 1.15}),
+    Ratio("peak memory / peft LoRA", "mem_bayes", "mem_peft"),
+    Ratio("M={M} predict / 1 cached LoRA fwd", "predict_bayes", "predict_plain"),
+    Ratio("M={M} predict / 1 uncached LoRA fwd", "predict_bayes", "predict_plain_uncached",
+          {"top": 3.0}, min_blocks=30),
+    Ratio("M={M} predict / 1 peft LoRA fwd", "predict_bayes", "predict_peft"),
+    Ratio("M={M} predict / {M} sequential fwds", "predict_bayes", "predict_sequential",
+          {"all": 0.9}),
+    Ratio("train uncached / cached prefix", "train_no_prefix", "train_bayes", {"top": 4.0},
+          ">=", min_blocks=30),
+    Ratio("trainable params / project LoRA", "params_bayes", "params_plain"),
+    Ratio("peft params / project LoRA", "params_peft", "params_plain"),
 )
-# the placement each target is stated for in issue #4 (top 4 of 30 blocks: >= 30 blocks)
-TARGET_PLACEMENT = {
-    "M-draw predict / 1 plain fwd": ("top", 30),
-    "M-draw predict / M seq fwds": ("all", 0),
-    "train no-prefix / cached": ("top", 30),
-}
 
 
 # ---------------------------------------------------------------------------- arguments
 
 
+def add_measure_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The measurement options shared with ``gpu_cost.py`` (``defaults`` override ours)."""
+    values = {"steps": 5, "warmup": 1, "batch_size": 4, "seq_len": 64, "draws": 10,
+              "top_layers": 4, "rank": 8, "device": "auto", "dtype": "auto", "threads": 0,
+              "seed": 0, "out": "bench_cost.json", **defaults}
+    add = parser.add_argument
+    add("--steps", type=int, default=values["steps"], help="timed repetitions")
+    add("--warmup", type=int, default=values["warmup"], help="untimed repetitions first")
+    add("--batch-size", type=int, default=values["batch_size"], help="questions per batch")
+    add("--seq-len", type=int, default=values["seq_len"], help="longest prompt, tokens")
+    add("--draws", type=int, default=values["draws"], help="M, Monte Carlo draws")
+    add("--top-layers", type=int, default=values["top_layers"], help="blocks in the 'top' setting")
+    add("--rank", type=int, default=values["rank"])
+    add("--device", default=values["device"], help="auto, cpu or cuda")
+    add("--dtype", default=values["dtype"], help="auto (bf16 on CUDA), float32, bfloat16")
+    add("--threads", type=int, default=values["threads"], help="torch CPU threads (0: default)")
+    add("--seed", type=int, default=values["seed"])
+    add("--out", default=values["out"], help="JSON results file")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,minilm,smollm2", help=f"subset of {MODELS}")
-    parser.add_argument("--steps", type=int, default=5, help="timed repetitions")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
-    parser.add_argument("--batch-size", type=int, default=4, help="questions per batch")
-    parser.add_argument("--seq-len", type=int, default=64, help="longest prompt, tokens")
-    parser.add_argument("--draws", type=int, default=10, help="M, Monte Carlo draws")
-    parser.add_argument("--top-layers", type=int, default=4, help="blocks in the 'top' setting")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA), float32, bfloat16")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="bench_cost.json", help="JSON results file")
+    add_measure_args(parser)
     args = parser.parse_args(argv)
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
@@ -243,17 +291,60 @@ def stats(samples: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------------------- one setting
 
 
-def build_method(spec: Spec, kind: str, layers: str | None, rank: int):
-    """A fresh copy of the backbone with plain or Bayesian LoRA and its own scorer."""
-    backbone = copy.deepcopy(spec.model)
-    scorer = ChoiceScorer(spec.tokenizer, spec.mode, max_length=512)
-    config = AdapterConfig(
+class PeftLora:
+    """peft's own LoRA on the modules the project adapts, with the bench's method interface.
+
+    Trained by the cross-entropy of the choice logits; scored by the same ``ChoiceScorer``
+    without frozen-prefix reuse (the full forward a user without this library runs). peft
+    keeps the adapters in float32 on a bf16 base (``autocast_adapter_dtype``), as we do.
+    """
+
+    def __init__(self, backbone: Any, tokenizer: Any, mode: str, config: AdapterConfig) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        names = find_targets(backbone, config)
+        lora = LoraConfig(
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=0.0,
+            target_modules="|".join(re.escape(name) for name in names),
+            modules_to_save=list(config.trainable_modules) or None,
+        )
+        self.backbone = get_peft_model(backbone, lora).get_base_model()
+        self.scorer = ChoiceScorer(tokenizer, mode, max_length=512, reuse_prefix=False)
+
+    def factor_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.backbone.named_parameters() if p.requires_grad}
+
+    def param_groups(self, lr_factors: float, lr_gates: float) -> list[dict[str, Any]]:
+        return [{"params": list(self.factor_parameters().values()), "lr": lr_factors}]
+
+    def training_loss(self, batch, index, num_data: int, num_draws: int, per_example: bool):
+        logits = self.scorer.logits(self.backbone, batch, 1)[0]
+        return SimpleNamespace(loss=F.cross_entropy(logits, batch.labels))
+
+    @torch.no_grad()
+    def predict_logits(self, batch) -> torch.Tensor:
+        return self.scorer.logits(self.backbone, batch, 1)
+
+
+def adapter_config(spec: Spec, layers: str | None, rank: int) -> AdapterConfig:
+    return AdapterConfig(
         r=rank,
         alpha=2.0 * rank,
         target_modules=list(spec.targets),
         layers=layers,
         trainable_modules=list(spec.heads),
     )
+
+
+def build_method(spec: Spec, kind: str, layers: str | None, rank: int):
+    """A fresh copy of the backbone with peft, plain or Bayesian LoRA and its own scorer."""
+    backbone = copy.deepcopy(spec.model)
+    config = adapter_config(spec, layers, rank)
+    if kind == "peft":
+        return PeftLora(backbone, spec.tokenizer, spec.mode, config)
+    scorer = ChoiceScorer(spec.tokenizer, spec.mode, max_length=512)
     if kind == "plain":
         return PlainLora(backbone, scorer, config)
     return BayesianLora(backbone, scorer, config)
@@ -336,23 +427,27 @@ def run_setting(spec: Spec, layers: str | None, args, device: torch.device) -> d
     """All measurements for one adapter placement."""
     examples = make_examples(spec.tokenizer, args.batch_size, args.seq_len)
     batch_cpu = ChoiceScorer(spec.tokenizer, spec.mode, max_length=512).encode(examples)
-    plain, batch, plain_step = prepare(spec, "plain", layers, batch_cpu, args, device)
+    peft, batch, peft_step = prepare(spec, "peft", layers, batch_cpu, args, device)
+    plain, _, plain_step = prepare(spec, "plain", layers, batch_cpu, args, device)
     bayes, _, bayes_step = prepare(spec, "bayes", layers, batch_cpu, args, device)
     out: dict[str, Any] = {
         "rows_x_width": list(batch.input_ids.reshape(-1, batch.input_ids.shape[-1]).shape),
         "tokens": int(batch.attention_mask.sum()),
-        "mem_plain": memory_mb(spec, "plain", layers, batch_cpu, args, device),
-        "mem_bayes": memory_mb(spec, "bayes", layers, batch_cpu, args, device),
-        "params_plain": trainable_count(plain),
-        "params_bayes": trainable_count(bayes),
+        "base_mb": sum(p.numel() * p.element_size() for p in spec.model.parameters()) / 2**20,
     }
+    for kind, method in zip(KINDS, (peft, plain, bayes), strict=True):
+        out[f"mem_{kind}"] = memory_mb(spec, kind, layers, batch_cpu, args, device)
+        out[f"params_{kind}"] = trainable_count(method)
     train = {
+        "train_peft": peft_step,
         "train_plain": plain_step,
         "train_bayes": bayes_step,
         "train_no_prefix": without_prefix(bayes, bayes_step),
     }
     predict = {
+        "predict_peft": lambda: peft.predict_logits(batch),
         "predict_plain": lambda: plain.predict_logits(batch),
+        "predict_plain_uncached": without_prefix(plain, lambda: plain.predict_logits(batch)),
         "predict_bayes": lambda: bayes.predict_logits(batch, args.draws),
         "predict_sequential": sequential_fn(bayes, batch, args.draws),
     }
@@ -364,29 +459,34 @@ def run_setting(spec: Spec, layers: str | None, args, device: torch.device) -> d
 # ---------------------------------------------------------------------------- report
 
 
-def ratio_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _median(value: Any) -> float:
+    return statistics.median(value) if isinstance(value, list) else value
+
+
+def ratio_rows(
+    results: dict[str, dict[str, dict[str, Any]]], ratios: Sequence[Ratio], draws: int
+) -> list[dict[str, Any]]:
+    """One row per model, placement and ratio: its value and, where stated, the target met."""
     rows = []
     for model, settings in results.items():
         for placement, values in settings.items():
-            for metric, num, den, target, direction in RATIOS:
-                a, b = values.get(num), values.get(den)
+            for ratio in ratios:
+                a, b = values.get(ratio.num), values.get(ratio.den)
                 if a is None or b is None:
                     continue
-                a = statistics.median(a) if isinstance(a, list) else a
-                b = statistics.median(b) if isinstance(b, list) else b
+                a, b = _median(a), _median(b)
                 value = a / b if b else float("nan")
-                where, min_blocks = TARGET_PLACEMENT.get(metric, (placement, 0))
-                applies = where == placement and values.get("num_blocks", 0) >= min_blocks
+                target = ratio.target(model, placement, values.get("num_blocks", 0))
                 met = None
-                if target is not None and applies:
-                    met = value <= target if direction == "<=" else value >= target
+                if target is not None:
+                    met = value <= target if ratio.direction == "<=" else value >= target
                 rows.append(
                     {
                         "model": model,
                         "layers": values.get("blocks", placement),
-                        "metric": metric,
+                        "metric": ratio.label.format(M=draws),
                         "value": value,
-                        "target": f"{direction} {target}" if met is not None else "",
+                        "target": f"{ratio.direction} {target}" if target is not None else "",
                         "met": met,
                     }
                 )
@@ -399,11 +499,12 @@ def _timing_lines(model: str, label: str, values: dict[str, Any]) -> list[str]:
         if key.startswith(("train", "predict")):
             s = {k: v * 1000 for k, v in stats(value).items()}
             lines.append(
-                f"{model:<8} {label:<8} {key + ' ms':<22} "
+                f"{model:<12} {label:<8} {key + ' ms':<26} "
                 f"{s['median']:>9.1f} {s['min']:>9.1f} {s['max']:>9.1f}"
             )
-        elif key.startswith("mem"):
-            lines.append(f"{model:<8} {label:<8} {key + ' MB':<22} {value:>9.1f} {'-':>9} {'-':>9}")
+        elif key.startswith(("mem", "base_mb")):
+            name = key if key.endswith("_mb") else key + " MB"
+            lines.append(f"{model:<12} {label:<8} {name:<26} {value:>9.1f} {'-':>9} {'-':>9}")
     return lines
 
 
@@ -414,17 +515,17 @@ def format_tables(results: dict, ratios: list[dict], env: dict[str, Any]) -> str
         f"threads={env['threads']} B={args['batch_size']} T<={args['seq_len']} "
         f"M={args['draws']} r={args['rank']} steps={args['steps']} warmup={args['warmup']}",
         "",
-        f"{'model':<8} {'layers':<8} {'measure':<22} {'median':>9} {'min':>9} {'max':>9}",
+        f"{'model':<12} {'layers':<8} {'measure':<26} {'median':>9} {'min':>9} {'max':>9}",
     ]
     for model, settings in results.items():
         for placement, values in settings.items():
             lines += _timing_lines(model, values.get("blocks", placement), values)
-    lines += ["", "ratios of medians"]
-    lines.append(f"{'model':<8} {'layers':<8} {'metric':<30} {'value':>8} {'target':>8}  met")
+    lines += ["", "ratios of medians (each against the reference it names)"]
+    lines.append(f"{'model':<12} {'layers':<8} {'metric':<38} {'value':>8} {'target':>8}  met")
     for row in ratios:
         met = {None: "", True: "yes", False: "NO"}[row["met"]]
         line = (
-            f"{row['model']:<8} {row['layers']:<8} {row['metric']:<30} "
+            f"{row['model']:<12} {row['layers']:<8} {row['metric']:<38} "
             f"{row['value']:>8.3f} {row['target']:>8}  {met}"
         )
         lines.append(line.rstrip())
@@ -432,11 +533,16 @@ def format_tables(results: dict, ratios: list[dict], env: dict[str, Any]) -> str
 
 
 def environment(device: torch.device, dtype: torch.dtype, args) -> dict[str, Any]:
+    import peft
+    import transformers
+
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "argv": sys.argv[1:],
@@ -445,13 +551,16 @@ def environment(device: torch.device, dtype: torch.dtype, args) -> dict[str, Any
     }
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def measure_models(
+    names: Sequence[str], load: Callable[[str, torch.device, torch.dtype], Spec], args
+) -> tuple[dict[str, dict[str, dict[str, Any]]], torch.device, torch.dtype]:
+    """Every measurement of every model ``load(name, device, dtype)`` in both placements."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args)
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in args.models.split(","):
-        spec = load_spec(name, device, dtype)
+    for name in names:
+        spec = load(name, device, dtype)
         top = min(args.top_layers, spec.num_blocks - 1)
         placements = {"all": None, "top": f"-{top}:"}
         results[name] = {
@@ -463,13 +572,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         results[name]["top"]["blocks"] = f"top{top}/{spec.num_blocks}"
         del spec
         gc.collect()
-    ratios = ratio_rows(results)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results, device, dtype
+
+
+def report(
+    results: dict, ratios: Sequence[Ratio], args, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """Print the tables, write the JSON to ``args.out`` and return it."""
+    rows = ratio_rows(results, ratios, args.draws)
     env = environment(device, dtype, args)
-    print(format_tables(results, ratios, env))
-    report = {"environment": env, "results": results, "ratios": ratios}
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(format_tables(results, rows, env))
+    out = {"environment": env, "results": results, "ratios": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.out}")
-    return report
+    return out
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    results, device, dtype = measure_models(args.models.split(","), load_spec, args)
+    return report(results, RATIOS, args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from bslora_pyro.testing import ROUNDING, assert_equal_up_to_rounding
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _trainer(steps=5, batch_size=4, seed=0, r=2):
+def _trainer(steps=5, batch_size=4, seed=0, r=2, device="cpu"):
     from bslora_pyro.adapter import AdapterConfig
     from bslora_pyro.bayesian_lora import BayesianLora
     from bslora_pyro.scoring import ChoiceScorer
@@ -38,12 +38,28 @@ def _trainer(steps=5, batch_size=4, seed=0, r=2):
 
     torch.manual_seed(seed)
     adapter = AdapterConfig(r=r, alpha=4.0, target_modules=["q_proj", "v_proj"])  # no prefix cache
-    method = BayesianLora(tiny_llama(seed=0), ChoiceScorer(tiny_tokenizer(), "choice_loglik"),
-                          adapter,
+    method = BayesianLora(tiny_llama(seed=0).to(device),
+                          ChoiceScorer(tiny_tokenizer(), "choice_loglik"), adapter,
                           prior="beta_bernoulli")  # Monte Carlo parts: the RNG state matters
     config = TrainConfig(steps=steps, batch_size=batch_size, lr_factors=1e-2, lr_gates=5e-2,
                          num_particles=2, warmup_ratio=0.2)
-    return SVITrainer(method, method.scorer.encode, config)
+    return SVITrainer(method, method.scorer.encode, config, device=device)
+
+
+def resumed_after_three_steps(examples, root, device="cpu"):
+    """An uninterrupted 5-step run, and a run stopped after 3 steps, saved to ``root`` and
+    restored into a fresh trainer (not yet continued)."""
+    full = _trainer(device=device)
+    full.fit(examples, progress=False)
+    first = _trainer(device=device)
+    first.method.train()
+    for _ in range(3):
+        first.train_step(examples)
+    save_checkpoint(first, root)
+    torch.manual_seed(123)  # a different RNG state: the checkpoint must bring its own back
+    resumed = _trainer(seed=1, device=device)  # other initial factors, overwritten
+    assert restore_checkpoint(resumed, root) == 3
+    return full, resumed
 
 
 def _params(trainer) -> dict[str, torch.Tensor]:
@@ -51,19 +67,8 @@ def _params(trainer) -> dict[str, torch.Tensor]:
 
 
 def test_restore_continues_exactly(tmp_path):
-    examples = make_questions(12)
-    full = _trainer()
-    full.fit(examples, progress=False)
-
-    first = _trainer()
-    first.method.train()
-    for _ in range(3):
-        first.train_step(examples)
-    save_checkpoint(first, tmp_path)
-    torch.manual_seed(123)  # a different RNG state: the checkpoint must bring its own back
-    resumed = _trainer(seed=1)  # different initial factors, overwritten by the checkpoint
-    assert restore_checkpoint(resumed, tmp_path) == 3
-    resumed.fit(examples, progress=False)
+    full, resumed = resumed_after_three_steps(make_questions(12), tmp_path)
+    resumed.fit(make_questions(12), progress=False)
     # exact: every block is adapted (no prefix cache), so the resumed steps run the same
     # kernels on the same rows as the uninterrupted ones
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
