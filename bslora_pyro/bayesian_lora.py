@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyro
@@ -25,8 +26,10 @@ from torch import nn
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
 from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
 from bslora_pyro.adapter.inject import adapter_parameters
+from bslora_pyro.inference.elbo import ExactELBO
 from bslora_pyro.models import GatePrior, build_guide, get_prior
 from bslora_pyro.models.guides import guide_spec
+from bslora_pyro.persistence import POSTERIOR_WEIGHTS, load_posterior_state, read_posterior_config
 
 _INSTANCES = itertools.count()
 
@@ -216,8 +219,6 @@ class BayesianLora(nn.Module):
 
     def training_loss(self, batch, index, num_data, num_draws=1, per_example=False, elbo=None):
         """The negative ELBO terms of one minibatch (see :class:`ExactELBO`)."""
-        from bslora_pyro.inference.elbo import ExactELBO
-
         elbo = elbo or ExactELBO()
         return elbo.terms(self.model, self.guide, batch, index, num_data, num_draws, per_example)
 
@@ -242,3 +243,21 @@ class BayesianLora(nn.Module):
     def training_metrics(self) -> dict[str, float]:
         return {"active_ranks": self.expected_active_ranks(),
                 "tau": float(self.gate_guide.temperature)}
+
+
+def load_posterior(directory: str | Path, backbone: nn.Module, scorer: Scorer,
+                   cls: type[BayesianLora] | None = None) -> BayesianLora:
+    """Rebuild a :class:`BayesianLora` (or the subclass ``cls``) on ``backbone`` and load
+    the posterior saved by :func:`bslora_pyro.persistence.save_posterior`."""
+    config = read_posterior_config(directory)
+    method = (cls or BayesianLora)(
+        backbone,
+        scorer,
+        AdapterConfig(**config["adapter"]),
+        prior=config["prior"]["name"],
+        prior_kwargs=config["prior"]["hyperparameters"],
+        guide=dict(config["guide"]),  # without "name" (version 1 files): mean-field
+        factor_prior_std=config.get("factor_prior_std"),
+    )
+    load_posterior_state(method, Path(directory) / POSTERIOR_WEIGHTS)
+    return method

@@ -1,6 +1,6 @@
 """Bayesian sparse LoRA (the paper's method): gated LoRA with a gate prior and guide.
 
-Saved with :func:`~bslora_pyro.inference.export.save_posterior` (``posterior.safetensors``
+Saved with :func:`~bslora_pyro.persistence.save_posterior` (``posterior.safetensors``
 + ``posterior.json``) and loaded back through the same format.
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bslora_pyro.bayesian_lora import BayesianLora
-from bslora_pyro.inference.export import load_posterior, save_posterior
+from bslora_pyro.bayesian_lora import BayesianLora, load_posterior
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.mle import take_options
 from bslora_pyro.models import PriorConfigError
+from bslora_pyro.persistence import save_posterior
 
 NAME = "bslora"
 DEFAULTS = {"prior": "bernoulli", "prior_kwargs": None, "guide": {}, "factor_prior_std": None}

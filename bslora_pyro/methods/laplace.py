@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from bslora_pyro.inference.export import copy_tensors
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.persistence import copy_tensors
 
 NAME = "laplace"
 DEFAULTS = {

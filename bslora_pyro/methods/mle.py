@@ -25,8 +25,8 @@ from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lor
 from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
 from bslora_pyro.adapter.inject import adapter_parameters
 from bslora_pyro.inference.elbo import ExactELBO
-from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text, copy_tensors
 from bslora_pyro.methods import MethodError
+from bslora_pyro.persistence import atomic_save_tensors, atomic_write_text, copy_tensors
 
 NAME = "mle"
 METHOD_WEIGHTS = "method.safetensors"
