@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import Tensor
 
@@ -13,8 +13,18 @@ from bslora_pyro.scoring.batch import EncodedBatch, ScoringError
 from bslora_pyro.scoring.network import decoder_body, hidden_states
 from bslora_pyro.scoring.prefix import FrozenPrefix, LlamaStack, PackedRows
 
-if TYPE_CHECKING:
-    from bslora_pyro.scoring.scorer import ChoiceScorer
+
+class EncodingSettings(Protocol):
+    """What an encoder reads from the scorer (:class:`~bslora_pyro.scoring.ChoiceScorer`)."""
+
+    tokenizer: Any
+    max_length: int
+    pad_id: int
+
+    @property
+    def padding_side(self) -> str: ...
+
+    def letter_token_ids(self, num_choices: int) -> list[int]: ...
 
 
 class ScoringMode:
@@ -36,7 +46,7 @@ class ScoringMode:
     def check_example(self, ex: MultipleChoiceExample) -> None:
         """Mode-specific checks of one example (none by default)."""
 
-    def encode(self, scorer: ChoiceScorer, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+    def encode(self, scorer: EncodingSettings, examples: list[MultipleChoiceExample]) -> EncodedBatch:
         raise NotImplementedError
 
     def token_batch(

@@ -3,25 +3,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.scoring import tokens
 from bslora_pyro.scoring.batch import EncodedBatch
-from bslora_pyro.scoring.modes.base import ScoringMode
+from bslora_pyro.scoring.modes.base import EncodingSettings, ScoringMode
 from bslora_pyro.scoring.network import repeat
 from bslora_pyro.scoring.prefix import BertStack, FrozenPrefix, PackedRows
-
-if TYPE_CHECKING:
-    from bslora_pyro.scoring.scorer import ChoiceScorer
 
 
 class EncoderMode(ScoringMode):
     name = "encoder"
 
-    def encode(self, scorer: ChoiceScorer, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+    def encode(self, scorer: EncodingSettings, examples: list[MultipleChoiceExample]) -> EncodedBatch:
         num_choices, labels, choice_mask = tokens.common(examples)
         firsts, seconds = [], []
         for ex in examples:

@@ -3,7 +3,7 @@ only and the columns of the answer letters ``A, B, ...`` are kept."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,12 +11,9 @@ from torch import Tensor
 from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.scoring import tokens
 from bslora_pyro.scoring.batch import LETTERS, EncodedBatch, ScoringError
-from bslora_pyro.scoring.modes.base import ScoringMode
+from bslora_pyro.scoring.modes.base import EncodingSettings, ScoringMode
 from bslora_pyro.scoring.network import gather_positions, output_head
 from bslora_pyro.scoring.prefix import PackedRows
-
-if TYPE_CHECKING:
-    from bslora_pyro.scoring.scorer import ChoiceScorer
 
 
 def find_letter_id(tokenizer: Any, letter: str) -> int:
@@ -41,7 +38,7 @@ class LetterMode(ScoringMode):
         if ex.num_choices > len(LETTERS):
             raise ScoringError(f"example {ex.uid!r}: more than {len(LETTERS)} choices")
 
-    def encode(self, scorer: ChoiceScorer, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+    def encode(self, scorer: EncodingSettings, examples: list[MultipleChoiceExample]) -> EncodedBatch:
         num_choices, labels, choice_mask = tokens.common(examples)
         letter_ids = torch.tensor(scorer.letter_token_ids(num_choices), dtype=torch.long)
         prompts = [ex.letter_prompt for ex in examples]

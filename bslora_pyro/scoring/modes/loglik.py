@@ -6,7 +6,7 @@ predict continuation tokens."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,12 +15,9 @@ from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.scoring import tokens
 from bslora_pyro.scoring.batch import EncodedBatch, ScoringError
 from bslora_pyro.scoring.draws import draw_grouped
-from bslora_pyro.scoring.modes.base import ScoringMode
+from bslora_pyro.scoring.modes.base import EncodingSettings, ScoringMode
 from bslora_pyro.scoring.network import gather_positions, output_head, repeat
 from bslora_pyro.scoring.prefix import PackedRows
-
-if TYPE_CHECKING:
-    from bslora_pyro.scoring.scorer import ChoiceScorer
 
 Row = tuple[list[int], int]  # context + continuation ids, number of scored tokens at the end
 
@@ -53,7 +50,7 @@ def _tokenize_unique(tokenizer: Any, texts: Sequence[str]) -> dict[str, list[int
     return {text: list(ids) for text, ids in zip(unique, encoded, strict=True)}
 
 
-def _prefix_id(scorer: ChoiceScorer) -> int:
+def _prefix_id(scorer: EncodingSettings) -> int:
     """The token standing in for an empty context."""
     for name in ("bos_token_id", "eos_token_id"):
         value = getattr(scorer.tokenizer, name, None)
@@ -62,7 +59,7 @@ def _prefix_id(scorer: ChoiceScorer) -> int:
     return scorer.pad_id
 
 
-def _loglik_row(scorer: ChoiceScorer, context: list[int], continuation: list[int], uid: str) -> Row:
+def _loglik_row(scorer: EncodingSettings, context: list[int], continuation: list[int], uid: str) -> Row:
     if not continuation:
         raise ScoringError(f"example {uid!r}: a continuation has no tokens")
     if not context:
@@ -72,7 +69,7 @@ def _loglik_row(scorer: ChoiceScorer, context: list[int], continuation: list[int
 
 
 def _loglik_rows(
-    scorer: ChoiceScorer, examples: list[MultipleChoiceExample], num_choices: int
+    scorer: EncodingSettings, examples: list[MultipleChoiceExample], num_choices: int
 ) -> list[Row | None]:
     """Per row ``question * C + choice``: (context + continuation ids, number of scored
     tokens at the end), or None for a missing choice."""
@@ -105,7 +102,7 @@ class LoglikMode(ScoringMode):
                 f"{ex.num_choices} choices"
             )
 
-    def encode(self, scorer: ChoiceScorer, examples: list[MultipleChoiceExample]) -> EncodedBatch:
+    def encode(self, scorer: EncodingSettings, examples: list[MultipleChoiceExample]) -> EncodedBatch:
         num_choices, labels, choice_mask = tokens.common(examples)
         rows = _loglik_rows(scorer, examples, num_choices)
         seqs = [row[0][:-1] if row is not None else [scorer.pad_id] for row in rows]
