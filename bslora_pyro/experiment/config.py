@@ -13,6 +13,7 @@ import yaml
 from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.experiment.tracking import TrackingConfig
 from bslora_pyro.inference.svi import TrainConfig
+from bslora_pyro.methods import MethodError, check_options
 from bslora_pyro.typed import ConfigError, build_dataclass
 
 
@@ -171,7 +172,8 @@ class PredictConfig:
 
 @dataclass
 class ExperimentConfig:
-    """Everything one run needs. ``method_options`` go to the method's ``build``."""
+    """Everything one run needs. ``method_options`` go to the method's ``build`` (checked
+    here against the method's options dataclass, ``bslora_pyro.methods``)."""
 
     name: str = "experiment"
     seed: int = 0
@@ -187,6 +189,10 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=_ADDED)
 
     def __post_init__(self) -> None:
+        try:  # the method's options are typed too: refuse a bad one before any training
+            check_options(self.method, self.method_options, self.adapter)
+        except MethodError as error:
+            raise ConfigError(str(error)) from None
         needs_validation = [key for key, on in (
             ("train.validate_every", self.train.validate_every > 0),
             ("predict.posthoc_temperature", self.predict.posthoc_temperature),

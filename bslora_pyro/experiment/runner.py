@@ -121,11 +121,11 @@ def _log_step(run_dir: Path, config: ExperimentConfig, method, tracker=None):
         if tracker is not None:
             tracker.log_step(trainer, record)
         step = record["step"]
-        gated = hasattr(method, "inclusion_probs")
-        if gated and (step % config.log_every == 0 or step == config.train.steps):
-            probs = {k: [round(float(x), 5) for x in v]
-                     for k, v in method.inclusion_probs().items()}
-            rundir.append_jsonl(run_dir / rundir.GATE_LOG, {"step": step, "probs": probs})
+        if step % config.log_every == 0 or step == config.train.steps:
+            gates = method.gate_probabilities()
+            if gates is not None:
+                probs = {k: [round(float(x), 5) for x in v] for k, v in gates.items()}
+                rundir.append_jsonl(run_dir / rundir.GATE_LOG, {"step": step, "probs": probs})
 
     return on_step
 
@@ -137,17 +137,16 @@ def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path
     examples are scored during training, and with ``train.early_stopping`` the best
     validated step's weights are restored; returns what early stopping did (or ``{}``).
     A ``tracker`` (``experiment.tracking``) gets every step's record."""
-    if not getattr(method, "trainable", True):
+    if not method.trainable:
         return {}
-    fit = getattr(method, "fit", None)
-    if fit is not None:  # methods that train several members (deep ensemble)
+    if method.trains_itself:  # several members (deep ensemble), or part of the data
         if resume:
             raise ConfigError(f"--resume is not supported for method {config.method!r}")
         if config.train.validate_every:
             raise ConfigError(f"train.validate_every is not supported for method "
                               f"{config.method!r} (it trains its own members)")
-        fit(train_examples, method.scorer.encode, config.train, progress=progress,
-            on_step=_log_step(run_dir, config, method, tracker))
+        method.fit(train_examples, method.scorer.encode, config.train, progress=progress,
+                   on_step=_log_step(run_dir, config, method, tracker))
         return {}
     return _train_with_checkpoints(config, method, train_examples, run_dir, progress, resume,
                                    validation or [], tracker)
@@ -222,9 +221,7 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
 
 def save_method(method, run_dir: Path) -> None:
     """Every trained method saves itself (zero-shot has nothing to save)."""
-    save = getattr(method, "save", None)
-    if save is not None:
-        save(run_dir / rundir.WEIGHTS)
+    method.save(run_dir / rundir.WEIGHTS)
 
 
 def _predict(config: ExperimentConfig, method, examples: list, progress: bool):
@@ -379,9 +376,7 @@ def run_experiment(
     train_seconds = time.perf_counter() - started
     if not is_main_process():
         return {}
-    posthoc = getattr(method, "fit_posthoc", None)
-    if posthoc is not None:
-        posthoc(train_examples, scorer.encode)
+    method.fit_posthoc(train_examples, scorer.encode)
     save_method(method, run_dir)
     validation_summary, temperature = validate_and_calibrate(config, method, validation, run_dir,
                                                              progress)
@@ -391,8 +386,9 @@ def run_experiment(
                        "train_seconds": round(train_seconds, 1),
                        "train_examples": len(train_examples),
                        "validation_examples": len(validation)}
-    if hasattr(method, "expected_active_ranks"):
-        results["_run"]["expected_active_ranks"] = method.expected_active_ranks()
+    ranks = method.active_ranks()
+    if ranks is not None:
+        results["_run"]["expected_active_ranks"] = ranks
     if stopped:
         results["_run"]["early_stopping"] = stopped
     if validation_summary:
@@ -423,12 +419,7 @@ def load_trained_method(run_dir: Path, config: ExperimentConfig):
     from bslora_pyro.methods import method_module
 
     backbone, scorer = build_scorer_and_backbone(config)
-    module = method_module(config.method)
-    weights = Path(run_dir) / rundir.WEIGHTS
-    loader = getattr(module, "load", None)
-    if loader is not None:
-        return loader(weights, backbone, scorer)
-    return build_method(config, backbone, scorer)  # nothing was trained (zero-shot)
+    return method_module(config.method).load(Path(run_dir) / rundir.WEIGHTS, backbone, scorer)
 
 
 def evaluate_run(run_dir: str | Path, task: str, split: str | None = None,
