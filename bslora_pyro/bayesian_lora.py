@@ -5,6 +5,12 @@ shape [r]) plus whatever latents the prior adds, and the observed answers. The L
 factors and any task head are ordinary deterministic ``nn.Parameter`` s of the network,
 registered with ``pyro.module`` so that ``pyro.infer.SVI`` can train them too.
 
+Monte Carlo draws are ``num_draws`` everywhere inside (model, guide, scorer, gated layers);
+the public names are the config's: ``predict.num_samples`` (M, the ``num_samples`` of
+:meth:`BayesianLora.predict_logits` and ``predict``) and ``train.num_particles`` (S, passed
+as ``num_draws`` by the trainers). Gate *groups* are the draws, or draws x examples with
+``per_example`` masks.
+
 Gates are global latents (one draw per Monte Carlo draw, or per example and draw with
 ``per_example`` masks) unless the guide is amortized (``guide.local``): then every example
 has its own gates ``z_i ~ p(z)``, drawn from ``q(z_i | x_i)`` inside the data plate.
@@ -181,12 +187,12 @@ class BayesianLora(nn.Module):
 
     # --- prediction ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample_gates(self, num_samples: int, batch=None) -> dict[str, torch.Tensor]:
-        """``num_samples`` hard gate draws from the guide, ``[M, r]`` per module (``[M * B,
+    def sample_gates(self, num_draws: int, batch=None) -> dict[str, torch.Tensor]:
+        """``num_draws`` hard gate draws from the guide, ``[M, r]`` per module (``[M * B,
         r]``, draw-major, for ``batch`` under an amortized guide)."""
         size = batch.num_examples if self.local_gates else 1
-        plates = self._plates(torch.arange(size), size, num_samples)
-        plate = self._gate_plate(plates, num_samples, size, per_example=False)
+        plates = self._plates(torch.arange(size), size, num_draws)
+        plate = self._gate_plate(plates, num_draws, size, per_example=False)
         gates = self.gate_guide(plate, self._features(batch), hard=True)
         return {k: v.detach() for k, v in self._flat(gates).items()}
 

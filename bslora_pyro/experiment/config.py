@@ -152,7 +152,8 @@ class DataConfig:
 
 @dataclass
 class PredictConfig:
-    """Posterior predictive: ``num_samples`` gate draws (M), questions per batch.
+    """Posterior predictive: ``num_samples`` gate draws (M; ``num_draws`` inside the
+    library), questions per batch.
 
     ``posthoc_temperature``: also report every set under one temperature fitted on the
     validation split (``data.validation_fraction``) to the method's own predictive (each
