@@ -51,7 +51,7 @@ from bslora_pyro.adapter import AdapterConfig, find_targets
 from bslora_pyro.bayesian_lora import BayesianLora
 from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.data.prompts import loglik_pairs
-from bslora_pyro.methods.mle import PlainLora
+from bslora_pyro.methods.base import PlainLora
 from bslora_pyro.scoring import ChoiceScorer
 
 MODELS = ("tiny", "minilm", "smollm2")

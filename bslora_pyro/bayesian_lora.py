@@ -5,6 +5,12 @@ shape [r]) plus whatever latents the prior adds, and the observed answers. The L
 factors and any task head are ordinary deterministic ``nn.Parameter`` s of the network,
 registered with ``pyro.module`` so that ``pyro.infer.SVI`` can train them too.
 
+Monte Carlo draws are ``num_draws`` everywhere inside (model, guide, scorer, gated layers);
+the public names are the config's: ``predict.num_samples`` (M, the ``num_samples`` of
+:meth:`BayesianLora.predict_logits` and ``predict``) and ``train.num_particles`` (S, passed
+as ``num_draws`` by the trainers). Gate *groups* are the draws, or draws x examples with
+``per_example`` masks.
+
 Gates are global latents (one draw per Monte Carlo draw, or per example and draw with
 ``per_example`` masks) unless the guide is amortized (``guide.local``): then every example
 has its own gates ``z_i ~ p(z)``, drawn from ``q(z_i | x_i)`` inside the data plate.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyro
@@ -25,8 +32,10 @@ from torch import nn
 from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
 from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
 from bslora_pyro.adapter.inject import adapter_parameters
+from bslora_pyro.inference.elbo import ExactELBO
 from bslora_pyro.models import GatePrior, build_guide, get_prior
 from bslora_pyro.models.guides import guide_spec
+from bslora_pyro.persistence import POSTERIOR_WEIGHTS, load_posterior_state, read_posterior_config
 
 _INSTANCES = itertools.count()
 
@@ -178,12 +187,12 @@ class BayesianLora(nn.Module):
 
     # --- prediction ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample_gates(self, num_samples: int, batch=None) -> dict[str, torch.Tensor]:
-        """``num_samples`` hard gate draws from the guide, ``[M, r]`` per module (``[M * B,
+    def sample_gates(self, num_draws: int, batch=None) -> dict[str, torch.Tensor]:
+        """``num_draws`` hard gate draws from the guide, ``[M, r]`` per module (``[M * B,
         r]``, draw-major, for ``batch`` under an amortized guide)."""
         size = batch.num_examples if self.local_gates else 1
-        plates = self._plates(torch.arange(size), size, num_samples)
-        plate = self._gate_plate(plates, num_samples, size, per_example=False)
+        plates = self._plates(torch.arange(size), size, num_draws)
+        plate = self._gate_plate(plates, num_draws, size, per_example=False)
         gates = self.gate_guide(plate, self._features(batch), hard=True)
         return {k: v.detach() for k, v in self._flat(gates).items()}
 
@@ -216,8 +225,6 @@ class BayesianLora(nn.Module):
 
     def training_loss(self, batch, index, num_data, num_draws=1, per_example=False, elbo=None):
         """The negative ELBO terms of one minibatch (see :class:`ExactELBO`)."""
-        from bslora_pyro.inference.elbo import ExactELBO
-
         elbo = elbo or ExactELBO()
         return elbo.terms(self.model, self.guide, batch, index, num_data, num_draws, per_example)
 
@@ -242,3 +249,21 @@ class BayesianLora(nn.Module):
     def training_metrics(self) -> dict[str, float]:
         return {"active_ranks": self.expected_active_ranks(),
                 "tau": float(self.gate_guide.temperature)}
+
+
+def load_posterior(directory: str | Path, backbone: nn.Module, scorer: Scorer,
+                   cls: type[BayesianLora] | None = None) -> BayesianLora:
+    """Rebuild a :class:`BayesianLora` (or the subclass ``cls``) on ``backbone`` and load
+    the posterior saved by :func:`bslora_pyro.persistence.save_posterior`."""
+    config = read_posterior_config(directory)
+    method = (cls or BayesianLora)(
+        backbone,
+        scorer,
+        AdapterConfig(**config["adapter"]),
+        prior=config["prior"]["name"],
+        prior_kwargs=config["prior"]["hyperparameters"],
+        guide=dict(config["guide"]),  # without "name" (version 1 files): mean-field
+        factor_prior_std=config.get("factor_prior_std"),
+    )
+    load_posterior_state(method, Path(directory) / POSTERIOR_WEIGHTS)
+    return method

@@ -21,8 +21,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from bslora_pyro.experiment.evaluation import evaluate_run
     from bslora_pyro.experiment.report import metrics_table
-    from bslora_pyro.experiment.runner import evaluate_run
 
     results = evaluate_run(args.run_dir, args.task, split=args.split, limit=args.limit,
                            data_dir=args.data_dir, num_samples=args.num_samples,
@@ -57,7 +57,7 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from bslora_pyro.experiment.runner import recalibrate_run
+    from bslora_pyro.experiment.evaluation import recalibrate_run
 
     for run in args.run_dirs:
         result = recalibrate_run(run, progress=not args.quiet)

@@ -79,7 +79,7 @@ def _idata(run: Path):
 
 
 def _method(run: Path):
-    from bslora_pyro.experiment.runner import load_trained_method, read_run_config
+    from bslora_pyro.experiment.setup import load_trained_method, read_run_config
 
     return load_trained_method(run, read_run_config(run))
 

@@ -218,7 +218,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
 
 
 def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
-    from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text
+    from bslora_pyro.persistence import atomic_save_tensors, atomic_write_text
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")

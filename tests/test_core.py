@@ -10,13 +10,14 @@ from conftest import make_questions
 from torch import nn
 
 from bslora_pyro.adapter import AdapterConfig, AdapterConfigError
-from bslora_pyro.bayesian_lora import BayesianLora
+from bslora_pyro.bayesian_lora import BayesianLora, load_posterior
 from bslora_pyro.inference.accounting import count_parameters
 from bslora_pyro.inference.elbo import ExactELBO
-from bslora_pyro.inference.export import export_peft_adapter, load_posterior, save_posterior
+from bslora_pyro.inference.export import export_peft_adapter
 from bslora_pyro.inference.predictive import predict
 from bslora_pyro.inference.svi import SVITrainer, TrainConfig
 from bslora_pyro.models import GuideConfig, available_priors
+from bslora_pyro.persistence import save_posterior
 from bslora_pyro.scoring import ChoiceScorer
 from bslora_pyro.testing import (
     assert_equal_up_to_rounding,

@@ -27,7 +27,7 @@ VARIANTS = [("mle", 1), ("bslora", 1), ("bslora", 2)]  # (method, accumulation m
 
 def build(kind: str):
     from bslora_pyro.bayesian_lora import BayesianLora
-    from bslora_pyro.methods.mle import PlainLora
+    from bslora_pyro.methods.base import PlainLora
     from bslora_pyro.scoring import ChoiceScorer
     from bslora_pyro.testing import tiny_llama, tiny_tokenizer
 

@@ -10,8 +10,8 @@ import torch
 from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.bayesian_lora import BayesianLora
 from bslora_pyro.data.example import MultipleChoiceExample
-from bslora_pyro.prefix import FrozenPrefix, PrefixCache, find_stack
 from bslora_pyro.scoring import ChoiceScorer
+from bslora_pyro.scoring.prefix import FrozenPrefix, PrefixCache, find_stack
 from bslora_pyro.testing import (
     assert_equal_up_to_rounding,
     tiny_bert,

@@ -17,9 +17,9 @@ from conftest import make_questions
 from pyro import poutine
 
 from bslora_pyro.adapter import AdapterConfig
-from bslora_pyro.bayesian_lora import BayesianLora
+from bslora_pyro.bayesian_lora import BayesianLora, load_posterior
 from bslora_pyro.inference.elbo import ExactELBO
-from bslora_pyro.inference.export import export_peft_adapter, load_posterior, save_posterior
+from bslora_pyro.inference.export import export_peft_adapter
 from bslora_pyro.inference.predictive import predict, pyro_predictive
 from bslora_pyro.inference.svi import SVITrainer, TrainConfig
 from bslora_pyro.models import available_guides, available_priors, get_prior
@@ -27,6 +27,7 @@ from bslora_pyro.models.base import expected_bernoulli_kl
 from bslora_pyro.models.gates import ConcreteGate
 from bslora_pyro.models.guides import build_guide
 from bslora_pyro.models.guides.autoregressive import AutoregressiveGate
+from bslora_pyro.persistence import save_posterior
 from bslora_pyro.scoring import ChoiceScorer
 from bslora_pyro.testing import assert_equal_up_to_rounding, tiny_llama, tiny_tokenizer
 

@@ -16,7 +16,7 @@ from bslora_pyro.cli import main
 from bslora_pyro.data.validation import split_validation
 from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.config import ConfigError, load_config
-from bslora_pyro.experiment.runner import load_training_data
+from bslora_pyro.experiment.setup import load_training_data
 from bslora_pyro.inference.early_stopping import ValidationMonitor
 from bslora_pyro.inference.predictive import Predictions
 from bslora_pyro.inference.svi import SVITrainer, TrainConfig

@@ -41,8 +41,8 @@ def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = N
     """Write the posterior analysis files of a run directory; return their paths."""
     from bslora_pyro.experiment import rundir
     from bslora_pyro.experiment.report import ANALYSIS_SECTIONS, write_report
-    from bslora_pyro.experiment.runner import load_trained_method, read_run_config
-    from bslora_pyro.inference.export import atomic_write_text
+    from bslora_pyro.experiment.setup import load_trained_method, read_run_config
+    from bslora_pyro.persistence import atomic_write_text
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from bslora_pyro import metrics as M
 from bslora_pyro.analysis.inference_data import az
-from bslora_pyro.inference.export import atomic_write_text
+from bslora_pyro.persistence import atomic_write_text
 
 SUMMARY_CSV = "gate_summary.csv"
 MODULES_CSV = "gate_modules.csv"

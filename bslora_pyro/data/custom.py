@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from .example import MultipleChoiceExample
 from .prompts import LETTERS, letter_prompt, loglik_pairs
 from .tasks import DataError
+from .tasks.readers import parse_json_line
 
 FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "hub")
 ANSWER_TYPES: tuple[str, ...] = ("index", "letter", "text")
@@ -170,13 +170,7 @@ def _jsonl_lines(path: Path) -> list[int]:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {lineno}: invalid JSON ({error.msg})") from None
-            if not isinstance(value, dict):
-                kind = type(value).__name__
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {kind}")
+            parse_json_line(path, lineno, line)
             numbers.append(lineno)
     return numbers
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +13,8 @@ import yaml
 from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.experiment.tracking import TrackingConfig
 from bslora_pyro.inference.svi import TrainConfig
-
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key."""
+from bslora_pyro.methods import MethodError, check_options
+from bslora_pyro.typed import ConfigError, build_dataclass
 
 
 @dataclass
@@ -159,7 +152,8 @@ class DataConfig:
 
 @dataclass
 class PredictConfig:
-    """Posterior predictive: ``num_samples`` gate draws (M), questions per batch.
+    """Posterior predictive: ``num_samples`` gate draws (M; ``num_draws`` inside the
+    library), questions per batch.
 
     ``posthoc_temperature``: also report every set under one temperature fitted on the
     validation split (``data.validation_fraction``) to the method's own predictive (each
@@ -179,7 +173,8 @@ class PredictConfig:
 
 @dataclass
 class ExperimentConfig:
-    """Everything one run needs. ``method_options`` go to the method's ``build``."""
+    """Everything one run needs. ``method_options`` go to the method's ``build`` (checked
+    here against the method's options dataclass, ``bslora_pyro.methods``)."""
 
     name: str = "experiment"
     seed: int = 0
@@ -195,6 +190,10 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=_ADDED)
 
     def __post_init__(self) -> None:
+        try:  # the method's options are typed too: refuse a bad one before any training
+            check_options(self.method, self.method_options, self.adapter)
+        except MethodError as error:
+            raise ConfigError(str(error)) from None
         needs_validation = [key for key, on in (
             ("train.validate_every", self.train.validate_every > 0),
             ("predict.posthoc_temperature", self.predict.posthoc_temperature),
@@ -229,74 +228,6 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in args:
-            try:
-                return _check_type(value, option, where)
-            except ConfigError as error:
-                errors.append(error)
-        raise ConfigError(f"{where}: {value!r} is not a valid {_name(annotation)}")
-    if annotation is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if dataclasses.is_dataclass(annotation):
-        return build_dataclass(annotation, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
-        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool):
-        if isinstance(value, bool) != (annotation is bool) or not isinstance(value, annotation):
-            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
-        return value
-    return value
-
-
-def _name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def build_dataclass(cls: type, data: Any, where: str = "config"):
-    """Build ``cls`` from a mapping, checking every key and value type."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        prefix = "" if where == "config" else f"{where}."
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], fields, n=1)
-        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]}{hint}")
-    kwargs = {}
-    for key, value in data.items():
-        child = key if where == "config" else f"{where}.{key}"
-        kwargs[key] = _check_type(value, hints[key], child)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: {error}") from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -10,7 +10,8 @@ import yaml
 from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.compare import compare_tables
 from bslora_pyro.experiment.config import ExperimentConfig, build_dataclass
-from bslora_pyro.experiment.runner import build_scorer_and_backbone, run_experiment
+from bslora_pyro.experiment.runner import run_experiment
+from bslora_pyro.experiment.setup import build_scorer_and_backbone
 from bslora_pyro.inference.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 
 #: per-method settings that differ from the shared config (the same data, seeds, steps)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bslora_pyro import metrics as M
 from bslora_pyro.experiment import rundir
-from bslora_pyro.inference.export import atomic_write_text
+from bslora_pyro.persistence import atomic_write_text
 
 #: markdown sections written by ``bslora analyze``; every later report keeps them
 ANALYSIS_SECTIONS = "analysis.md"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from bslora_pyro.inference.export import atomic_write_text
 from bslora_pyro.inference.predictive import Predictions
+from bslora_pyro.persistence import atomic_write_text
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bslora_pyro.inference.export import atomic_write_text
 from bslora_pyro.inference.svi import TrainingError
+from bslora_pyro.persistence import atomic_write_text
 
 log = logging.getLogger("bslora_pyro")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text
+from bslora_pyro.persistence import atomic_save_tensors, atomic_write_text
 
 BEST_TENSORS = "best.safetensors"
 BEST_STATE = "best.json"

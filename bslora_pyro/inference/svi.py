@@ -33,7 +33,8 @@ class TrainConfig:
             variational gate parameters.
         weight_decay: AdamW weight decay on the factors (MAP uses 1e-5).
         warmup_ratio: share of steps with a linear warm-up; linear decay to 0 after.
-        num_particles: S gate draws per step, run as one batched forward.
+        num_particles: S gate draws per step, run as one batched forward (the
+            ``num_draws`` of the method's model and guide).
         per_example_masks: an independent draw for each question (same ELBO, lower
             variance) instead of one per batch.
         grad_clip: max global gradient norm (0 disables).
@@ -174,8 +175,8 @@ class SVITrainer:
             batch,
             index.to(self.device),
             len(examples),
-            config.num_particles,
-            config.per_example_masks,
+            num_draws=config.num_particles,
+            per_example=config.per_example_masks,
             elbo=self.elbo,
         )
         if not torch.isfinite(terms.loss):

@@ -1,16 +1,10 @@
 """Fine-tuning methods selected by the config key ``method:``, one file each.
 
-Every method module defines a ``build(backbone, scorer, adapter, options) -> method``
-function and ``NAME``. A method object provides, like :class:`BayesianLora`:
-``training_loss(batch, index, num_data, num_draws, per_example, elbo=None)``,
-``param_groups(lr_factors, lr_gates, weight_decay)``, ``training_metrics()``,
-``set_progress(fraction)``, ``predict_logits(batch, num_samples, deterministic)`` and
-``save(directory)``; the module provides ``load(directory, backbone, scorer)``.
-
-Optional hooks the runner calls: ``fit(examples, encode, train_config, progress, on_step)``
-for methods that train several members or on part of the data (deep ensemble, temperature
-scaling), and ``fit_posthoc(examples, encode)`` after training (Laplace, temperature
-scaling). Methods that need no gradient training set ``trainable = False``.
+Every method module defines ``NAME``, ``OPTIONS`` (the dataclass of its ``method_options``,
+built by :func:`~bslora_pyro.methods.base.take_options`), ``build(backbone, scorer, adapter,
+options) -> method`` and ``load(directory, backbone, scorer) -> method``. The method object
+is a :class:`~bslora_pyro.methods.base.Method`: what it must provide and the optional
+hooks the runner calls (``fit``, ``fit_posthoc``, ``save``, the gate log) are listed there.
 """
 
 from __future__ import annotations
@@ -43,6 +37,15 @@ def method_module(name: str) -> ModuleType:
     if name not in modules:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(modules))}")
     return modules[name]
+
+
+def check_options(name: str, options: dict | None, adapter=None) -> None:
+    """Refuse ``options`` that method ``name`` would refuse when built: an unknown or
+    mistyped option, or a bad value (one-line :class:`MethodError`); the prior's and
+    guide's own options are checked when the model is built."""
+    from bslora_pyro.methods.base import take_options
+
+    take_options(name, dict(options or {}), method_module(name).OPTIONS, adapter)
 
 
 def build_method(name: str, backbone, scorer, adapter, options: dict | None = None):

@@ -17,7 +17,9 @@ learning rate without weight decay.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -27,11 +29,27 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 
 NAME = "blob"
-DEFAULTS = {"prior_std": 0.2, "sigma_init": 0.05}
+
+
+@dataclass
+class BlobOptions(MethodOptions):
+    """``prior_std`` (default 0.2), ``sigma_init`` (default 0.05), both positive."""
+
+    prior_std: float = 0.2
+    sigma_init: float = 0.05
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if self.prior_std <= 0 or self.sigma_init <= 0:
+            raise MethodError("blob.prior_std and blob.sigma_init must be positive, got "
+                              f"{dataclasses.asdict(self)}")
+
+
+OPTIONS = BlobOptions
 
 
 class BlobLora(PlainLora):
@@ -121,13 +139,10 @@ class BlobLora(PlainLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> BlobLora:
-    """Options: ``prior_std`` (default 0.2), ``sigma_init`` (default 0.05)."""
-    options = take_options(NAME, options, DEFAULTS)
-    prior_std, sigma_init = float(options["prior_std"]), float(options["sigma_init"])
-    if prior_std <= 0 or sigma_init <= 0:
-        raise MethodError(f"blob.prior_std and blob.sigma_init must be positive, got {options}")
-    method = BlobLora(backbone, scorer, adapter, prior_std, sigma_init)
-    method.options = {"prior_std": prior_std, "sigma_init": sigma_init}
+    """Options: see :class:`BlobOptions`."""
+    opts = take_options(NAME, options, OPTIONS, adapter)
+    method = BlobLora(backbone, scorer, adapter, opts.prior_std, opts.sigma_init)
+    method.options = {"prior_std": opts.prior_std, "sigma_init": opts.sigma_init}
     return method
 
 

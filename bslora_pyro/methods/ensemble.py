@@ -18,15 +18,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 
 NAME = "ensemble"
+
+
+@dataclass
+class EnsembleOptions(MethodOptions):
+    """``members`` K (default 3)."""
+
+    members: int = 3
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if self.members < 1:
+            raise MethodError(f"ensemble.members must be a positive integer, got {self.members!r}")
+
+
+OPTIONS = EnsembleOptions
 
 
 class EnsembleMember(PlainLora):
@@ -75,6 +91,8 @@ def _tagged(on_step: Callable | None, index: int) -> Callable:
 class DeepEnsemble(PlainLora):
     """K :class:`EnsembleMember` s; train them with :meth:`fit`."""
 
+    trains_itself = True
+
     def __init__(self, backbone, scorer, adapter, num_members: int) -> None:
         super().__init__(backbone, scorer, adapter, name=NAME)
         self.members = nn.ModuleList(
@@ -82,15 +100,9 @@ class DeepEnsemble(PlainLora):
         )
         self.members[0].install()
 
-    def fit(
-        self,
-        examples: Sequence,
-        encode: Callable[[Sequence], object],
-        config,
-        progress: bool = True,
-        on_step: Callable | None = None,
-        device: torch.device | str | None = None,
-    ) -> list:
+    def fit(self, examples: Sequence, encode: Callable[[Sequence], object], config,
+            progress: bool = True, on_step: Callable | None = None,
+            device: torch.device | str | None = None) -> list:
         """Train every member with its own :class:`SVITrainer`, one after the other.
 
         ``on_step(trainer, record)`` is called after each step; records carry ``member``.
@@ -130,11 +142,8 @@ class DeepEnsemble(PlainLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> DeepEnsemble:
-    """Options: ``members`` K (default 3)."""
-    options = take_options(NAME, options, {"members": 3})
-    k = options["members"]
-    if not isinstance(k, int) or k < 1:
-        raise MethodError(f"ensemble.members must be a positive integer, got {k!r}")
+    """Options: see :class:`EnsembleOptions`."""
+    k = take_options(NAME, options, OPTIONS, adapter).members
     method = DeepEnsemble(backbone, scorer, adapter, k)
     method.options = {"members": k}
     return method

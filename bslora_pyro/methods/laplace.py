@@ -30,25 +30,49 @@ adapted module (still diagonal).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bslora_pyro.inference.export import copy_tensors
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.persistence import copy_tensors
 
 NAME = "laplace"
-DEFAULTS = {
-    "subset": "all",
-    "prior_precision": None,
-    "weight_decay": None,
-    "predictive": "linearised",
-}
 SUBSETS = ("all", "last_layer")
 PREDICTIVES = ("linearised", "sample")
+
+
+@dataclass
+class LaplaceOptions(MethodOptions):
+    """``subset`` ("all" or "last_layer"), ``prior_precision`` (None = tuned by marginal
+    likelihood), ``weight_decay`` (None = the training config's; > 0 = MAP),
+    ``predictive`` ("linearised" or "sample")."""
+
+    subset: str = "all"
+    prior_precision: float | None = None
+    weight_decay: float | None = None
+    predictive: str = "linearised"
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if self.subset not in SUBSETS:
+            raise MethodError(f"laplace.subset must be one of {SUBSETS}, got {self.subset!r}")
+        if self.predictive not in PREDICTIVES:
+            raise MethodError(
+                f"laplace.predictive must be one of {PREDICTIVES}, got {self.predictive!r}"
+            )
+        if self.prior_precision is not None and not self.prior_precision > 0:
+            raise MethodError(
+                f"laplace.prior_precision must be positive, got {self.prior_precision!r}"
+            )
+
+
+OPTIONS = LaplaceOptions
 
 
 class LaplaceLora(PlainLora):
@@ -234,29 +258,19 @@ class LaplaceLora(PlainLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> LaplaceLora:
-    """Options: ``subset`` ("all" or "last_layer"), ``prior_precision`` (None = tuned by
-    marginal likelihood), ``weight_decay`` (None = the training config's; > 0 = MAP),
-    ``predictive`` ("linearised" or "sample")."""
-    options = take_options(NAME, options, DEFAULTS)
-    if options["subset"] not in SUBSETS:
-        raise MethodError(f"laplace.subset must be one of {SUBSETS}, got {options['subset']!r}")
-    if options["predictive"] not in PREDICTIVES:
-        raise MethodError(
-            f"laplace.predictive must be one of {PREDICTIVES}, got {options['predictive']!r}"
-        )
-    precision, decay = options["prior_precision"], options["weight_decay"]
-    if precision is not None and not float(precision) > 0:
-        raise MethodError(f"laplace.prior_precision must be positive, got {precision!r}")
+    """Options: see :class:`LaplaceOptions`."""
+    opts = take_options(NAME, options, OPTIONS, adapter)
     method = LaplaceLora(
         backbone,
         scorer,
         adapter,
-        options["subset"],
-        None if precision is None else float(precision),
-        None if decay is None else float(decay),
-        options["predictive"],
+        opts.subset,
+        opts.prior_precision,
+        opts.weight_decay,
+        opts.predictive,
     )
-    method.options = options
+    # the options as given (method.json has always stored them so), defaults filled in
+    method.options = {**dataclasses.asdict(LaplaceOptions()), **options}
     return method
 
 

@@ -7,28 +7,42 @@ factors (it is not an exact L2 penalty under Adam).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 
 NAME = "map"
-DEFAULTS = {"weight_decay": 1e-5, "factor_prior_std": None}
+
+
+@dataclass
+class MapOptions(MethodOptions):
+    """``weight_decay`` (default 1e-5), ``factor_prior_std`` (an exact Gaussian prior on
+    the factors in the loss; default none)."""
+
+    weight_decay: float = 1e-5
+    factor_prior_std: float | None = None
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if self.weight_decay < 0:
+            raise MethodError(f"map.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+OPTIONS = MapOptions
 
 
 def build(backbone, scorer, adapter, options: dict) -> PlainLora:
-    """Options: ``weight_decay`` (default 1e-5), ``factor_prior_std`` (an exact Gaussian
-    prior on the factors in the loss; default none)."""
-    options = take_options(NAME, options, DEFAULTS)
-    decay = float(options["weight_decay"])
-    if decay < 0:
-        raise MethodError(f"map.weight_decay must be >= 0, got {decay}")
+    """Options: see :class:`MapOptions`."""
+    opts = take_options(NAME, options, OPTIONS, adapter)
     try:
-        method = PlainLora(backbone, scorer, adapter, weight_decay=decay, name=NAME,
-                           factor_prior_std=options["factor_prior_std"])
+        method = PlainLora(backbone, scorer, adapter, weight_decay=opts.weight_decay, name=NAME,
+                           factor_prior_std=opts.factor_prior_std)
     except ValueError as error:
         raise MethodError(str(error)) from None
-    method.options = {"weight_decay": decay, "factor_prior_std": method.factor_prior_std}
+    method.options = {"weight_decay": opts.weight_decay,
+                      "factor_prior_std": method.factor_prior_std}
     return method
 
 

@@ -9,12 +9,33 @@ deterministic prediction turns dropout off (the usual inverted-dropout mean netw
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 
 NAME = "mc_dropout"
+
+
+@dataclass
+class MCDropoutOptions(MethodOptions):
+    """``dropout`` in (0, 1) (default, or ``None``: the adapter's dropout when set, else
+    0.1)."""
+
+    dropout: float | None = None
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if self.dropout is None:
+            if adapter is None:
+                return
+            self.dropout = float(adapter.dropout or 0.1)
+        if not 0.0 < self.dropout < 1.0:
+            raise MethodError(f"mc_dropout.dropout must be in (0, 1), got {self.dropout}")
+
+
+OPTIONS = MCDropoutOptions
 
 
 class MCDropoutLora(PlainLora):
@@ -27,11 +48,8 @@ class MCDropoutLora(PlainLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> MCDropoutLora:
-    """Options: ``dropout`` (default 0.1, or the adapter's dropout when that is set)."""
-    options = take_options(NAME, options, {"dropout": adapter.dropout or 0.1})
-    rate = float(options["dropout"])
-    if not 0.0 < rate < 1.0:
-        raise MethodError(f"mc_dropout.dropout must be in (0, 1), got {rate}")
+    """Options: see :class:`MCDropoutOptions`."""
+    rate = take_options(NAME, options, OPTIONS, adapter).dropout
     method = MCDropoutLora(backbone, scorer, dataclasses.replace(adapter, dropout=rate), name=NAME)
     method.options = {"dropout": rate}
     return method

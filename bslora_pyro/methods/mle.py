@@ -1,197 +1,30 @@
 """Plain LoRA trained by maximum likelihood (MLE); with weight decay it is the MAP baseline.
 
-Implemented as the gated model with every gate fixed at 1 and no latent variables, so it
-shares layers, scoring and the training loop with the Bayesian method. :class:`PlainLora`
-is also the base of the point-estimate baselines (MAP, MC dropout, random rank masking,
-ensemble members, Laplace, temperature scaling): they override :meth:`PlainLora.prepare`
-(what the layers do in the next forward) or the predictive. This module also holds the
-options check and the safetensors + JSON save/load shared by those methods.
+Implemented as the gated model with every gate fixed at 1 and no latent variables
+(:class:`~bslora_pyro.methods.base.PlainLora`), so it shares layers, scoring and the
+training loop with the Bayesian method. It takes no options.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import pyro
-import pyro.distributions as dist
-import torch
-from pyro import poutine
-from safetensors.torch import load_file
-from torch import nn
-
-from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lora
-from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
-from bslora_pyro.adapter.inject import adapter_parameters
-from bslora_pyro.inference.elbo import ExactELBO
-from bslora_pyro.inference.export import atomic_save_tensors, atomic_write_text, copy_tensors
-from bslora_pyro.methods import MethodError
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 
 NAME = "mle"
-METHOD_WEIGHTS = "method.safetensors"
-METHOD_CONFIG = "method.json"
-FORMAT = "bslora-method"
 
 
-def take_options(name: str, options: dict, defaults: dict) -> dict:
-    """``defaults`` updated with ``options``; an option not in ``defaults`` is an error."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        takes = ", ".join(sorted(defaults)) or "none"
-        raise MethodError(f"method {name!r} has no option {unknown[0]!r} (it takes: {takes})")
-    return {**defaults, **options}
+@dataclass
+class MleOptions(MethodOptions):
+    """MLE takes no options."""
 
 
-class PlainLora(nn.Module):
-    """LoRA point estimate: the Pyro model has only the observed answers.
-
-    Args:
-        backbone, scorer, adapter: as for :class:`~bslora_pyro.bayesian_lora.BayesianLora`.
-        weight_decay: AdamW weight decay of the factors; ``None`` takes the training
-            config's value (MLE), a number overrides it (MAP).
-        name: the registry name recorded when saving.
-        adapters: reuse adapters already injected into ``backbone`` (ensemble members).
-        factor_prior_std: a Gaussian prior N(0, std^2) on the factors in the loss (an exact
-            L2 penalty, unlike decoupled weight decay); ``None``: none.
-    """
-
-    stochastic = False  # True when forwards are random (several draws are meaningful)
-    trainable = True
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        scorer,
-        adapter: AdapterConfig,
-        weight_decay: float | None = None,
-        name: str = NAME,
-        adapters: dict[str, GatedLoraLinear] | None = None,
-        factor_prior_std: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.factor_prior_std = check_factor_prior_std(factor_prior_std, name)
-        self.scorer = scorer
-        self.adapter_config = adapter
-        self.adapters = adapters if adapters is not None else inject_gated_lora(backbone, adapter)
-        self.weight_decay = weight_decay
-        self.name = name
-        self.options: dict = {}
-
-    # --- what the layers do in the next forward ----------------------------------------
-    def prepare(self, draws: int, sample: bool) -> None:
-        """Set up the adapters for a forward of ``draws`` draw-major row groups; ``sample``
-        is False for a deterministic (mean) forward."""
-        for layer in self.adapters.values():
-            layer.gates = None
-            layer.sampled_A = None
-
-    # --- Pyro program -------------------------------------------------------------------
-    def observe(self, batch, index, num_data: int, logits: torch.Tensor) -> None:
-        """The answers, averaged over the draws and scaled to the dataset by ``data``."""
-        draws = logits.shape[0]
-        with pyro.plate("draws", draws, dim=-2), poutine.scale(scale=1.0 / draws):
-            with pyro.plate("data", num_data, subsample=index, dim=-1):
-                pyro.sample("answer", dist.Categorical(logits=logits), obs=batch.labels)
-        observe_factor_prior(self.adapters, self.factor_prior_std)
-
-    def model(self, batch, index, num_data, num_draws=1, per_example=False):
-        draws = num_draws if self.stochastic else 1
-        self.prepare(draws, sample=True)
-        logits = self.scorer.logits(self.backbone, batch, draws)
-        self.observe(batch, index, num_data, logits)
-        return logits
-
-    def guide(self, *args, **kwargs) -> None:
-        return None
-
-    def training_loss(self, batch, index, num_data, num_draws=1, per_example=False, elbo=None):
-        elbo = elbo or ExactELBO()
-        return elbo.terms(self.model, self.guide, batch, index, num_data, num_draws, per_example)
-
-    # --- parameters ---------------------------------------------------------------------
-    def factor_parameters(self) -> dict[str, nn.Parameter]:
-        return adapter_parameters(self.adapters, self.backbone, self.adapter_config)
-
-    def param_groups(self, lr_factors, lr_gates, weight_decay=0.0):
-        decay = weight_decay if self.weight_decay is None else self.weight_decay
-        return [
-            {
-                "params": list(self.factor_parameters().values()),
-                "lr": lr_factors,
-                "weight_decay": decay,
-                "name": "factors",
-            }
-        ]
-
-    def training_metrics(self) -> dict[str, float]:
-        return {}
-
-    def set_progress(self, fraction: float) -> None:
-        return None
-
-    # --- prediction ---------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_logits(self, batch, num_samples: int = 1, deterministic: bool = False):
-        """Choice logits ``[M, B, C]``: M draws for stochastic methods, else ``M = 1``."""
-        draws = num_samples if self.stochastic and not deterministic else 1
-        self.prepare(draws, sample=not deterministic)
-        return self.scorer.logits(self.backbone, batch, draws)
-
-    # --- save / load ------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors that define the fitted method (live references)."""
-        return {f"factors/{k}": v for k, v in self.factor_parameters().items()}
-
-    def state_extra(self) -> dict:
-        """JSON-serialisable fitted state beside the tensors."""
-        return {}
-
-    def load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
-        copy_tensors(self.state_tensors(), tensors)
-
-    def save(self, directory: str | Path) -> Path:
-        return save_method(self, directory)
-
-
-def save_method(method, directory: str | Path) -> Path:
-    """Write ``method.safetensors`` (fitted tensors) and ``method.json`` (name, adapter,
-    options, JSON state) to ``directory``; both are written atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format": FORMAT,
-        "version": 1,
-        "method": method.name,
-        "adapter": method.adapter_config.to_dict(),
-        "options": method.options,
-        "state": method.state_extra(),
-    }
-    atomic_save_tensors(method.state_tensors(), directory / METHOD_WEIGHTS)
-    atomic_write_text(directory / METHOD_CONFIG, json.dumps(config, indent=2))
-    return directory
-
-
-def load_method(name: str, build: Callable, directory: str | Path, backbone, scorer):
-    """Rebuild method ``name`` with ``build`` on ``backbone`` and load its saved state."""
-    directory = Path(directory)
-    path = directory / METHOD_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved method at {directory}: {METHOD_CONFIG} is missing")
-    config = json.loads(path.read_text())
-    if config.get("format") != FORMAT or config.get("method") != name:
-        raise MethodError(
-            f"{path} holds method {config.get('method')!r} (format {config.get('format')!r}), "
-            f"not {name!r}"
-        )
-    method = build(backbone, scorer, AdapterConfig(**config["adapter"]), dict(config["options"]))
-    method.load_state(load_file(str(directory / METHOD_WEIGHTS)), config["state"])
-    return method
+OPTIONS = MleOptions
 
 
 def build(backbone, scorer, adapter, options: dict) -> PlainLora:
-    take_options(NAME, options, {})
+    take_options(NAME, options, OPTIONS, adapter)
     return PlainLora(backbone, scorer, adapter)
 
 

@@ -8,14 +8,35 @@ deterministic prediction uses the mean gate ``(r - K) / r`` on every rank.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 
 NAME = "random_mask"
+
+
+@dataclass
+class RandomMaskOptions(MethodOptions):
+    """``num_masked`` K, 0 <= K < r (default, or ``None``: r // 2)."""
+
+    num_masked: int | None = None
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if adapter is None:
+            return
+        if self.num_masked is None:
+            self.num_masked = adapter.r // 2
+        if not 0 <= self.num_masked < adapter.r:
+            raise MethodError(f"random_mask.num_masked must be an integer in [0, {adapter.r}), "
+                              f"got {self.num_masked!r}")
+
+
+OPTIONS = RandomMaskOptions
 
 
 def random_masks(groups: int, r: int, masked: int, device=None) -> torch.Tensor:
@@ -50,13 +71,8 @@ class RandomMaskLora(PlainLora):
 
 
 def build(backbone, scorer, adapter, options: dict) -> RandomMaskLora:
-    """Options: ``num_masked`` K (default r // 2), 0 <= K < r."""
-    options = take_options(NAME, options, {"num_masked": adapter.r // 2})
-    masked = options["num_masked"]
-    if not isinstance(masked, int) or not 0 <= masked < adapter.r:
-        raise MethodError(
-            f"random_mask.num_masked must be an integer in [0, {adapter.r}), got {masked!r}"
-        )
+    """Options: see :class:`RandomMaskOptions`."""
+    masked = take_options(NAME, options, OPTIONS, adapter).num_masked
     method = RandomMaskLora(backbone, scorer, adapter, name=NAME, num_masked=masked)
     method.options = {"num_masked": masked}
     return method

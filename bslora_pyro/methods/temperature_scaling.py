@@ -10,21 +10,44 @@ MLE logits divided by T (``[1, B, C]``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.data.validation import split_validation
 from bslora_pyro.methods import MethodError
-from bslora_pyro.methods.mle import PlainLora, load_method, take_options
+from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 from bslora_pyro.scoring import masked_fill_value
 
 NAME = "temperature_scaling"
-DEFAULTS = {"holdout_fraction": 0.1, "split_seed": 0}
+
+
+@dataclass
+class TemperatureScalingOptions(MethodOptions):
+    """``holdout_fraction`` of the training set in (0, 1) (default 0.1), ``split_seed``
+    (default 0)."""
+
+    holdout_fraction: float = 0.1
+    split_seed: int = 0
+
+    def check(self, adapter: AdapterConfig | None) -> None:
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise MethodError(
+                f"temperature_scaling: holdout_fraction must be in (0, 1) and split_seed an "
+                f"integer, got {dataclasses.asdict(self)}"
+            )
+
+
+OPTIONS = TemperatureScalingOptions
 
 
 class TemperatureScaledLora(PlainLora):
+    trains_itself = True
+
     def __init__(self, backbone, scorer, adapter, holdout_fraction: float, split_seed: int):
         super().__init__(backbone, scorer, adapter, name=NAME)
         self.holdout_fraction = holdout_fraction
@@ -40,23 +63,13 @@ class TemperatureScaledLora(PlainLora):
             )
         return split_validation(examples, self.holdout_fraction, self.split_seed)
 
-    def fit(
-        self,
-        examples: Sequence,
-        encode: Callable[[Sequence], object],
-        config,
-        progress: bool = True,
-        on_step: Callable | None = None,
-        device: torch.device | str | None = None,
-    ) -> list:
+    def fit(self, examples: Sequence, encode: Callable[[Sequence], object], config,
+            progress: bool = True, on_step: Callable | None = None,
+            device: torch.device | str | None = None) -> list:
         """Train the LoRA on the non-held-out part of ``examples`` (one SVITrainer)."""
-        from bslora_pyro.inference.svi import SVITrainer
-
         train, _ = self.split_training(examples)
         device = device or self.adapters[next(iter(self.adapters))].lora_A.device
-        trainer = SVITrainer(self, encode, config, device)
-        trainer.fit(train, progress=progress, on_step=on_step)
-        return [trainer]
+        return super().fit(train, encode, config, progress, on_step, device)
 
     @torch.no_grad()
     def _holdout_logits(self, examples: Sequence, encode: Callable, batch_size: int = 8):
@@ -121,16 +134,11 @@ def scale(logits: torch.Tensor, mask: torch.Tensor, temperature: torch.Tensor) -
 
 
 def build(backbone, scorer, adapter, options: dict) -> TemperatureScaledLora:
-    """Options: ``holdout_fraction`` of the training set (default 0.1), ``split_seed`` (0)."""
-    options = take_options(NAME, options, DEFAULTS)
-    fraction, seed = float(options["holdout_fraction"]), options["split_seed"]
-    if not 0.0 < fraction < 1.0 or not isinstance(seed, int):
-        raise MethodError(
-            f"temperature_scaling: holdout_fraction must be in (0, 1) and "
-            f"split_seed an integer, got {options}"
-        )
-    method = TemperatureScaledLora(backbone, scorer, adapter, fraction, seed)
-    method.options = {"holdout_fraction": fraction, "split_seed": seed}
+    """Options: see :class:`TemperatureScalingOptions`."""
+    opts = take_options(NAME, options, OPTIONS, adapter)
+    method = TemperatureScaledLora(backbone, scorer, adapter, opts.holdout_fraction,
+                                   opts.split_seed)
+    method.options = {"holdout_fraction": opts.holdout_fraction, "split_seed": opts.split_seed}
     return method
 
 

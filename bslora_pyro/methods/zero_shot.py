@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from bslora_pyro.methods.base import Method, MethodOptions, take_options
 
 NAME = "zero_shot"
 
 
-class ZeroShot(nn.Module):
+@dataclass
+class ZeroShotOptions(MethodOptions):
+    """Zero-shot takes no options."""
+
+
+OPTIONS = ZeroShotOptions
+
+
+class ZeroShot(nn.Module, Method):
     name = "zero_shot"
     trainable = False
 
@@ -24,4 +37,10 @@ class ZeroShot(nn.Module):
 
 
 def build(backbone, scorer, adapter, options: dict) -> ZeroShot:
+    take_options(NAME, options, OPTIONS, adapter)
+    return ZeroShot(backbone, scorer)
+
+
+def load(directory: str | Path, backbone, scorer) -> ZeroShot:
+    """Nothing was trained or saved: the backbone as it is."""
     return ZeroShot(backbone, scorer)

@@ -1,0 +1,31 @@
+"""Built-in tasks of the BLoB calibration benchmark, one module per task family.
+
+``registry`` (names, splits, :func:`load_task`), ``readers`` (local JSON Lines and CSV
+files, the Hugging Face hub), ``base`` (the task spec, :class:`DataError`, row helpers) and
+the families: ``arc`` (ARC-E/C, OpenBookQA), ``winogrande``, ``boolq``, ``mmlu``.
+"""
+
+from __future__ import annotations
+
+from bslora_pyro.data.tasks.base import DATA_DIR_ENV, DataError, TaskSpec
+from bslora_pyro.data.tasks.mmlu import MMLU_PREFIX, MMLU_SUBJECTS
+from bslora_pyro.data.tasks.registry import (
+    TASK_SPLITS,
+    available_tasks,
+    get_task,
+    load_task,
+    task_splits,
+)
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "MMLU_PREFIX",
+    "MMLU_SUBJECTS",
+    "TASK_SPLITS",
+    "DataError",
+    "TaskSpec",
+    "available_tasks",
+    "get_task",
+    "load_task",
+    "task_splits",
+]

@@ -1,0 +1,14 @@
+"""The scoring modes, one module each, by the name ``ChoiceScorer(mode=...)`` takes."""
+
+from __future__ import annotations
+
+from bslora_pyro.scoring.modes.base import ScoringMode
+from bslora_pyro.scoring.modes.encoder import EncoderMode
+from bslora_pyro.scoring.modes.letter import LetterMode
+from bslora_pyro.scoring.modes.loglik import LoglikMode
+
+SCORING_MODES: dict[str, ScoringMode] = {
+    mode.name: mode for mode in (LetterMode(), LoglikMode(), EncoderMode())
+}
+
+__all__ = ["SCORING_MODES", "EncoderMode", "LetterMode", "LoglikMode", "ScoringMode"]
