@@ -13,15 +13,12 @@ import argparse
 import yaml
 
 from bslora_pyro.experiment.config import load_config
-from bslora_pyro.experiment.grid import run_variants
+from bslora_pyro.experiment.grid import run_variants, select_variants
 
 
 def main(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set, args.data_dir)
-    variants = yaml.safe_load(open(args.variants))["variants"]
-    if args.only:
-        keep = set(args.only.split(","))
-        variants = [v for v in variants if v["name"] in keep]
+    variants = select_variants(yaml.safe_load(open(args.variants))["variants"], args.only)
     seeds = [int(s) for s in args.seeds.split(",")]
     markdown, _ = run_variants(config, args.out, variants, seeds, progress=not args.quiet)
     print(markdown)

@@ -27,7 +27,7 @@ import yaml
 
 from bslora_pyro.experiment.compare import TEMPERED_SUFFIX, collect
 from bslora_pyro.experiment.config import build_dataclass, load_config
-from bslora_pyro.experiment.grid import run_variants
+from bslora_pyro.experiment.grid import run_variants, select_variants
 
 #: task -> (train split, evaluation split), as in the BLoB protocol
 IN_DISTRIBUTION = {
@@ -116,14 +116,7 @@ def read_variants(args: argparse.Namespace) -> list[dict]:
 
 def main(args: argparse.Namespace) -> None:
     base = load_config(args.config, args.set, args.data_dir)
-    variants = read_variants(args)
-    if args.only:
-        names = args.only.split(",")
-        unknown = sorted(set(names) - {v["name"] for v in variants})
-        if unknown:
-            raise SystemExit(f"--only: unknown variant(s) {', '.join(unknown)}; "
-                             f"choose from {', '.join(v['name'] for v in variants)}")
-        variants = [v for v in variants if v["name"] in names]
+    variants = select_variants(read_variants(args), args.only)
     seeds = [int(s) for s in args.seeds.split(",")]
     tasks = args.tasks.split(",")
     out = Path(args.out)

@@ -45,6 +45,19 @@ def variant_config(
     return build_dataclass(ExperimentConfig, apply_overrides(data, list(overrides)))
 
 
+def select_variants(variants: list[dict], only: str | None) -> list[dict]:
+    """The ``variants`` named in the comma-separated ``only`` (all when ``None``), in file
+    order; an unknown name is an error that lists the known ones."""
+    if not only:
+        return variants
+    names = only.split(",")
+    unknown = sorted(set(names) - {v["name"] for v in variants})
+    if unknown:
+        raise SystemExit(f"--only: unknown variant(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(v['name'] for v in variants)}")
+    return [v for v in variants if v["name"] in names]
+
+
 def run_variants(
     config: ExperimentConfig,
     out_dir: str | Path,
