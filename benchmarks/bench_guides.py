@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cost import (  # noqa: E402  (the shared measuring machinery)
     MODELS,
+    adapter_config,
     add_measure_args,
     load_spec,
     make_examples,
@@ -33,7 +35,6 @@ from bench_cost import (  # noqa: E402  (the shared measuring machinery)
     train_step_fn,
 )
 
-from bslora_pyro.adapter import AdapterConfig  # noqa: E402
 from bslora_pyro.bayesian_lora import BayesianLora  # noqa: E402
 from bslora_pyro.models.guides import available_guides  # noqa: E402
 from bslora_pyro.scoring import ChoiceScorer  # noqa: E402
@@ -43,8 +44,8 @@ REFERENCE = "mean_field"
 
 def build(spec, guide: str, layers: str, rank: int, heads: list[str]) -> BayesianLora:
     """``BayesianLora`` with ``guide`` on a fresh copy of the backbone."""
-    adapter = AdapterConfig(r=rank, alpha=2.0 * rank, target_modules=spec.targets + heads,
-                            layers=layers, trainable_modules=list(spec.heads))
+    adapter = adapter_config(spec, layers, rank)
+    adapter = dataclasses.replace(adapter, target_modules=[*adapter.target_modules, *heads])
     scorer = ChoiceScorer(spec.tokenizer, spec.mode, max_length=512)
     return BayesianLora(copy.deepcopy(spec.model), scorer, adapter,
                         guide={"name": guide, "temperature": 0.5})
