@@ -13,7 +13,8 @@ sets are capped (``--train-limit``, ``--eval-limit``).
 ``--tasks`` picks the in-distribution tasks; each is trained on its train split and scored
 on its evaluation split. The shift evaluation reuses the OBQA runs: they are evaluated on
 ARC-C, ARC-E, MMLU college chemistry and college physics. A grid started again keeps the
-runs that finished and resumes the others from their checkpoints.
+runs that finished and resumes the others from their checkpoints; ``--table-only`` trains
+nothing and tabulates the runs that have finished, marking cells with fewer seeds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.compare import TEMPERED_SUFFIX, collect
 from bslora_pyro.experiment.config import build_dataclass, load_config
 from bslora_pyro.experiment.grid import run_variants, select_variants
@@ -72,18 +74,21 @@ def columns(tasks: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _cell(values: list[float] | None) -> str:
+def _cell(values: list[float] | None, seeds: int | None = None) -> str:
+    """mean ± std over seeds; ``(n = k)`` marks a cell with fewer than ``seeds`` runs."""
     if not values:
         return ""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    text = (f"{values[0]:.3f}" if len(values) == 1
+            else f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}")
+    return text + (f" (n = {len(values)})" if seeds and len(values) < seeds else "")
 
 
-def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Path]]]) -> str:
+def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Path]]],
+                 seeds: int | None = None) -> str:
     """One markdown table per metric: rows = variants (and ``<variant> + T`` for runs with
     a post-hoc temperature), columns = tasks, then the OBQA shift sets. ``runs`` maps
-    task -> variant name -> its run directories (one per seed)."""
+    task -> variant name -> its run directories (one per seed); a cell with fewer than
+    ``seeds`` runs says how many it has."""
     tables: dict[str, dict] = {}
     for task, by_variant in runs.items():
         table = tables.setdefault(task, {})
@@ -99,7 +104,7 @@ def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Pat
                  "| method | " + " | ".join(header for header, _, _ in cols) + " |",
                  "|---|" + "---|" * len(cols)]
         for row in rows:
-            cells = [_cell(tables[task].get(row, {}).get(label, {}).get(metric))
+            cells = [_cell(tables.get(task, {}).get(row, {}).get(label, {}).get(metric), seeds)
                      for _, task, label in cols]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
@@ -125,11 +130,13 @@ def main(args: argparse.Namespace) -> None:
         if task not in IN_DISTRIBUTION:
             raise SystemExit(f"unknown task {task!r}; choose from {', '.join(IN_DISTRIBUTION)}")
         chosen = [v for v in variants if task in v.get("tasks", tasks)]
-        config = task_config(base, task, args.train_limit, args.eval_limit)
-        run_variants(config, out / task, chosen, seeds, progress=not args.quiet)
-        runs[task] = {v["name"]: [out / task / v["name"] / f"seed{s}" for s in seeds]
-                      for v in chosen}
-    print(paper_tables(out, tasks, runs))
+        if not args.table_only:
+            config = task_config(base, task, args.train_limit, args.eval_limit)
+            run_variants(config, out / task, chosen, seeds, progress=not args.quiet)
+        paths = {v["name"]: [out / task / v["name"] / f"seed{s}" for s in seeds] for v in chosen}
+        runs[task] = {name: finished for name, dirs in paths.items()
+                      if (finished := [d for d in dirs if (d / rundir.METRICS).is_file()])}
+    print(paper_tables(out, tasks, runs, len(seeds)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--data-dir")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: tabulate the runs of --out that have finished")
     return parser.parse_args(argv)
 
 

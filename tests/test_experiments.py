@@ -162,6 +162,15 @@ def test_paper_grid_runs_named_variants_and_writes_paper_tables(tmp_path):
     run = tmp_path / "runs" / "arc_easy" / "gated_p03" / "seed0"
     assert rundir.read_metrics(run)["_run"]["train_examples"] == 15  # 20 less 5 validation
 
+    # --table-only trains nothing: seed 1 never ran, so its cells say they hold one seed
+    paper_grid.main(paper_grid.parse_args([
+        str(CONFIG), "--out", str(tmp_path / "runs"), "--variants", str(variants),
+        "--tasks", "arc_easy", "--seeds", "0,1", "--table-only", "--quiet",
+    ]))
+    assert not (tmp_path / "runs" / "arc_easy" / "mle" / "seed1").exists()
+    partial = (tmp_path / "runs" / "paper_table.md").read_text()
+    assert "(n = 1)" in partial and partial.replace(" (n = 1)", "") == table
+
 
 def test_paper_grid_only_names_known_variants(tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
