@@ -1,5 +1,6 @@
 """Run the paper's grid (in-distribution tasks and the OBQA distribution shift) and write
-paper-style tables: methods x tasks for ACC, ECE, NLL and Brier, mean ± std over seeds.
+paper-style tables: methods x tasks for ACC, ECE, NLL, Brier and the predictive's mutual
+information, mean ± std over seeds.
 
 Example (a GPU machine with the hub reachable)::
 
@@ -49,7 +50,10 @@ SHIFT = [
 SHORT = {"winogrande_s": "WG-S", "arc_challenge": "ARC-C", "arc_easy": "ARC-E",
          "winogrande_m": "WG-M", "openbookqa": "OBQA", "boolq": "BoolQ",
          "mmlu:college_chemistry": "Chem", "mmlu:college_physics": "Phy"}
-METRICS = ("acc", "ece", "nll", "brier")
+#: metric key -> table heading; MI (the predictive's mutual information, nats) is how much
+#: the posterior draws disagree, the quantity a model average adds over one prediction
+METRICS = {"acc": "ACC", "ece": "ECE", "nll": "NLL", "brier": "BRIER",
+           "mean_mutual_information": "MI"}
 
 
 def task_config(base, task: str, train_limit: int | None = None,
@@ -99,8 +103,8 @@ def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Pat
     rows = list(dict.fromkeys(name for table in tables.values() for name in table))
     cols = columns(tasks)
     parts = []
-    for metric in METRICS:
-        lines = [f"### {metric.upper()}", "",
+    for metric, heading in METRICS.items():
+        lines = [f"### {heading}", "",
                  "| method | " + " | ".join(header for header, _, _ in cols) + " |",
                  "|---|" + "---|" * len(cols)]
         for row in rows:
@@ -108,9 +112,27 @@ def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Pat
                      for _, task, label in cols]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    parts.append(_validation_table(tasks, runs, seeds))
     markdown = "\n\n".join(parts)
     (out / "paper_table.md").write_text(markdown + "\n")
     return markdown
+
+
+def _validation_table(tasks: list[str], runs: dict[str, dict[str, list[Path]]],
+                      seeds: int | None) -> str:
+    """Each variant's NLL on its task's validation split: the number every choice is made on."""
+    lines = ["### Validation NLL (selection)", "",
+             "| method | " + " | ".join(SHORT.get(t, t) for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    names = list(dict.fromkeys(name for by_variant in runs.values() for name in by_variant))
+    for name in names:
+        cells = []
+        for task in tasks:
+            values = [rundir.read_metrics(p).get("_validation", {}).get("nll")
+                      for p in runs.get(task, {}).get(name, [])]
+            cells.append(_cell([v for v in values if v is not None], seeds))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def read_variants(args: argparse.Namespace) -> list[dict]:
@@ -125,6 +147,8 @@ def main(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     tasks = args.tasks.split(",")
     out = Path(args.out)
+    if args.table_only and not out.is_dir():
+        raise SystemExit(f"--table-only: {out} does not exist (no runs to tabulate)")
     runs: dict[str, dict[str, list[Path]]] = {}
     for task in tasks:
         if task not in IN_DISTRIBUTION:

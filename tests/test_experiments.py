@@ -157,7 +157,11 @@ def test_paper_grid_runs_named_variants_and_writes_paper_tables(tmp_path):
     acc = table.split("### ACC")[1].split("###")[0].strip().splitlines()
     rows = [line.split(" | ")[0] for line in acc[2:]]
     assert rows == ["| mle", "| mle + T", "| gated_p03", "| gated_p03 + T"]
-    assert "| method | ARC-E |" in table and "### ECE" in table
+    assert "| method | ARC-E |" in table and "### ECE" in table and "### MI" in table
+    validation = table.split("### Validation NLL (selection)")[1].strip().splitlines()
+    assert [line.split(" | ")[0] for line in validation[2:]] == ["| mle", "| gated_p03"]
+    nll = rundir.read_metrics(tmp_path / "runs" / "arc_easy" / "mle" / "seed0")["_validation"]["nll"]
+    assert validation[2] == f"| mle | {nll:.3f} |"
     assert not (tmp_path / "runs" / "arc_easy" / "ensemble").exists()  # limited to OBQA
     run = tmp_path / "runs" / "arc_easy" / "gated_p03" / "seed0"
     assert rundir.read_metrics(run)["_run"]["train_examples"] == 15  # 20 less 5 validation
