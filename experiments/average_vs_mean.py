@@ -16,15 +16,13 @@ import json
 from pathlib import Path
 
 from bslora_pyro.experiment import rundir
-from bslora_pyro.experiment.evaluation import set_metrics
+from bslora_pyro.experiment.evaluation import predict_split, set_metrics
 from bslora_pyro.experiment.setup import (
     load_split,
     load_trained_method,
     read_run_config,
-    resolve_device,
     seed_everything,
 )
-from bslora_pyro.inference.predictive import predict
 
 KEYS = ("acc", "ece", "nll")
 
@@ -40,11 +38,7 @@ def compare_run(run_dir: Path, data_dir: str | None = None, progress: bool = Tru
     seed_everything(config.seed)
     method = load_trained_method(run_dir, config)
     examples = load_split(split, data_dir if data_dir is not None else config.data.dir)
-    preds = predict(method, examples, method.scorer.encode, num_samples=1,
-                    batch_size=config.predict.batch_size, deterministic=True,
-                    device=resolve_device(config.model.device), progress=progress,
-                    seed=config.seed)
-    one = set_metrics(preds)
+    one = set_metrics(predict_split(config, method, examples, progress, deterministic=True))
     average = metrics[split.label]
     return {"run": str(run_dir), "set": split.label, "method": config.method,
             "num_samples": average.get("num_samples"),

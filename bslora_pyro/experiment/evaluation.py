@@ -46,12 +46,15 @@ def set_metrics(preds: Predictions, reference: Predictions | None = None) -> dic
     return {k: (float(v) if not isinstance(v, int) else v) for k, v in out.items()}
 
 
-def predict_split(config: ExperimentConfig, method, examples: list, progress: bool):
+def predict_split(config: ExperimentConfig, method, examples: list, progress: bool,
+                  deterministic: bool = False):
+    """The config's predictive on ``examples``; ``deterministic``: one forward at the
+    posterior mean instead of ``predict.num_samples`` draws."""
     from bslora_pyro.inference.predictive import predict
 
     return predict(method, examples, method.scorer.encode,
-                   num_samples=config.predict.num_samples,
-                   batch_size=config.predict.batch_size,
+                   num_samples=1 if deterministic else config.predict.num_samples,
+                   batch_size=config.predict.batch_size, deterministic=deterministic,
                    device=resolve_device(config.model.device), progress=progress,
                    seed=config.seed)
 
