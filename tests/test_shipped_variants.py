@@ -26,7 +26,7 @@ VARIANT_FILES = {
     "study_variants.yaml": "quickstart.yaml",
 }
 CASES = [
-    (file, variant["name"])
+    (file, variant)
     for file in VARIANT_FILES
     for variant in yaml.safe_load((ROOT / "experiments" / file).read_text())["variants"]
 ]
@@ -42,10 +42,8 @@ def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("variants") / "model")
 
 
-@pytest.mark.parametrize(("file", "name"), CASES, ids=[f"{f}:{n}" for f, n in CASES])
-def test_shipped_variant_builds(file, name, tiny_model):
-    variants = yaml.safe_load((ROOT / "experiments" / file).read_text())["variants"]
-    variant = next(v for v in variants if v["name"] == name)
+@pytest.mark.parametrize(("file", "variant"), CASES, ids=[f"{f}:{v['name']}" for f, v in CASES])
+def test_shipped_variant_builds(file, variant, tiny_model):
     base = load_config(CONFIGS / VARIANT_FILES[file], [f"model.name={tiny_model}",
                                                       "model.device=cpu"])
     config = variant_config(base, variant["name"], variant["method"],
