@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from bslora_pyro.experiment import rundir
+from bslora_pyro.experiment.config import ConfigError
 from bslora_pyro.experiment.evaluation import predict_split, set_metrics
 from bslora_pyro.experiment.setup import (
     load_split,
@@ -59,7 +60,11 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    rows = [compare_run(Path(run), args.data_dir, progress=not args.quiet) for run in args.runs]
+    try:
+        rows = [compare_run(Path(run), args.data_dir, progress=not args.quiet)
+                for run in args.runs]
+    except ConfigError as error:  # not a run directory, or a config this code cannot read
+        raise SystemExit(f"average_vs_mean: {error}") from None
     text = markdown(rows)
     print(text)
     if args.out:

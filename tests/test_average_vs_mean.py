@@ -46,3 +46,8 @@ def test_gated_run_compares_its_average_with_the_posterior_mean(runs, tmp_path):
     assert row["mean_nll"] != pytest.approx(row["average_nll"], abs=1e-9)
     assert str(out["bslora"]) in report.read_text()
     assert report.with_suffix(".json").is_file()
+
+
+def test_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="not a run directory: config.yaml is missing"):
+        average_vs_mean.main(average_vs_mean.parse_args([str(tmp_path), "--quiet"]))
