@@ -56,6 +56,7 @@ GOOD_ROW = json.dumps(arc_row(0))
         ("train.steps=ten", ["train.steps: expected int, got 'ten'"]),
         ("train.mixed_precision=fp8", ["train.mixed_precision must be no, bf16 or fp16"]),
         ("model.quantization=3bit", ["model.quantization must be null, 4bit or 8bit"]),
+        ("model.scoring=choice_mean", ["model.scoring must be one of", "choice_loglik_mean"]),
         ("adapter.target_modules=[nope]", ["target_modules", "matches no module"]),
         ("method_options.prior_kwargs.p0=1.5", ["prior.p0 must be in (0, 1), got 1.5"]),
         ("method_options.prior_kwargs.p0=0", ["prior.p0 must be in (0, 1)"]),

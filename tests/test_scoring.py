@@ -163,6 +163,28 @@ def test_choice_loglik_matches_naive(models, arch, side):
         assert torch.all(logits[0, b, ex.num_choices :] == masked_fill_value())
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("share_context", [True, False])
+def test_choice_loglik_mean_is_the_sum_over_the_token_count(models, arch, side, share_context):
+    model, tok = models[arch], tiny_tokenizer(side)
+    summed = ChoiceScorer(tok, "choice_loglik", share_context=share_context)
+    mean = ChoiceScorer(tok, "choice_loglik_mean", share_context=share_context)
+    with torch.no_grad():
+        logits = mean.logits(model, mean.encode(EXAMPLES), num_draws=2)
+        sums = summed.logits(model, summed.encode(EXAMPLES))
+    assert logits.shape == (2, len(EXAMPLES), 4)
+    assert_equal_up_to_rounding(logits[0], logits[1])
+    for b, ex in enumerate(EXAMPLES):
+        counts = torch.tensor(
+            [len(tok(cont, add_special_tokens=False)["input_ids"]) for _, cont in ex.loglik_pairs],
+            dtype=torch.float32,
+        )
+        expected = sums[0, b, : ex.num_choices] / counts
+        assert_equal_up_to_rounding(logits[0, b, : ex.num_choices], expected)
+        assert torch.all(logits[0, b, ex.num_choices :] == masked_fill_value())
+
+
 def test_choice_loglik_truncates_context_keeps_continuation(models):
     model, tok = models["llama"], tiny_tokenizer()
     max_length = 10

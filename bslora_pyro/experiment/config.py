@@ -14,6 +14,7 @@ from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.experiment.tracking import TrackingConfig
 from bslora_pyro.inference.svi import TrainConfig
 from bslora_pyro.methods import MethodError, check_options
+from bslora_pyro.scoring.batch import MODES as SCORING_NAMES
 from bslora_pyro.typed import ConfigError, build_dataclass
 
 
@@ -23,7 +24,8 @@ class ModelConfig:
 
     ``name``: hub id, local folder, or the offline aliases ``smollm2-135m`` / ``minilm`` /
     ``gemma3-270m``.
-    ``scoring``: ``letter`` (paper), ``choice_loglik`` (small LMs) or ``encoder``.
+    ``scoring``: ``letter`` (paper), ``choice_loglik`` (small LMs; summed continuation
+    log-probability), ``choice_loglik_mean`` (its mean per token) or ``encoder``.
     """
 
     name: str = "smollm2-135m"
@@ -39,9 +41,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model.quantization must be null, 4bit or 8bit, got {self.quantization!r}"
             )
-        if self.scoring not in ("letter", "choice_loglik", "encoder"):
+        if self.scoring not in SCORING_NAMES:
             raise ConfigError(
-                f"model.scoring must be letter, choice_loglik or encoder, got {self.scoring!r}"
+                f"model.scoring must be one of {', '.join(SCORING_NAMES)}, got {self.scoring!r}"
             )
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

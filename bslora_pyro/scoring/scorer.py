@@ -232,7 +232,7 @@ class ChoiceScorer:
 
     def _pack(self, batch: EncodedBatch, rows: Rows) -> PackedRows | None:
         """The question-packed rows of a ``choice_loglik`` batch, when sharing pays."""
-        if self.mode != "choice_loglik" or not self.share_context:
+        if not self.scoring_mode.shares_context or not self.share_context:
             return None
         limit = batch.target_positions[:, 0]
         return pack_rows(rows, batch.num_choices, limit, batch.choice_mask.reshape(-1))

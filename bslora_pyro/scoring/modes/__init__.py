@@ -5,10 +5,10 @@ from __future__ import annotations
 from bslora_pyro.scoring.modes.base import ScoringMode
 from bslora_pyro.scoring.modes.encoder import EncoderMode
 from bslora_pyro.scoring.modes.letter import LetterMode
-from bslora_pyro.scoring.modes.loglik import LoglikMode
+from bslora_pyro.scoring.modes.loglik import LoglikMode, MeanLoglikMode
 
 SCORING_MODES: dict[str, ScoringMode] = {
-    mode.name: mode for mode in (LetterMode(), LoglikMode(), EncoderMode())
+    mode.name: mode for mode in (LetterMode(), LoglikMode(), MeanLoglikMode(), EncoderMode())
 }
 
-__all__ = ["SCORING_MODES", "EncoderMode", "LetterMode", "LoglikMode", "ScoringMode"]
+__all__ = ["SCORING_MODES", "EncoderMode", "LetterMode", "LoglikMode", "MeanLoglikMode", "ScoringMode"]

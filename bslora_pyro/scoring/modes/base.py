@@ -33,6 +33,8 @@ class ScoringMode:
     scorer passes itself (tokenizer, ``max_length``, padding) where a mode needs it."""
 
     name: str
+    #: the choices of a question are rows with a common context, which the scorer may pack
+    shares_context: bool = False
 
     def check(self, examples: Sequence[MultipleChoiceExample]) -> None:
         """Refuse examples this mode cannot score (a one-line :class:`ScoringError`)."""

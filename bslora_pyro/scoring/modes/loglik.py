@@ -1,7 +1,8 @@
 """``choice_loglik`` mode (lm-evaluation-harness style): one ``(context, continuation)`` row
 per (question, choice), row ``question * C + choice``; the logit of a choice is the summed
 log-probability of its continuation tokens. The LM head runs only at the positions that
-predict continuation tokens."""
+predict continuation tokens. ``choice_loglik_mean`` is the same with the sum divided by the
+number of continuation tokens, so that long answers are not penalised for their length."""
 
 from __future__ import annotations
 
@@ -94,6 +95,9 @@ def _loglik_rows(
 
 class LoglikMode(ScoringMode):
     name = "choice_loglik"
+    shares_context = True
+    #: divide each choice's summed log-probability by its number of scored tokens
+    per_token = False
 
     def check_example(self, ex: MultipleChoiceExample) -> None:
         if len(ex.loglik_pairs) != ex.num_choices:
@@ -167,4 +171,15 @@ class LoglikMode(ScoringMode):
             log_probs = log_probs.masked_fill(~repeat(valid, num_draws), 0)
         choices = repeat(order // batch.target_ids.shape[-1], num_draws)
         scores = log_probs.new_zeros(choices.shape[0], batch.num_choices)
-        return scores.scatter_add(1, choices, log_probs).reshape(-1)
+        scores = scores.scatter_add(1, choices, log_probs)
+        if self.per_token:
+            counts = batch.target_mask.reshape(batch.num_examples, batch.num_choices, -1).sum(-1)
+            scores = scores / repeat(counts.clamp(min=1), num_draws).to(scores.dtype)
+        return scores.reshape(-1)
+
+
+class MeanLoglikMode(LoglikMode):
+    """``choice_loglik`` with the mean log-probability per continuation token as the logit."""
+
+    name = "choice_loglik_mean"
+    per_token = True
