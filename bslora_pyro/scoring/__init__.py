@@ -1,12 +1,13 @@
 """Turn multiple-choice examples into choice logits (the logits of one Categorical).
 
-Three modes, one module each in :mod:`bslora_pyro.scoring.modes`:
+The modes, in :mod:`bslora_pyro.scoring.modes`:
 
 * ``letter``: one prompt per question; the LM head is applied at the last real position only
   and the columns of the answer letters ``A, B, ...`` are kept.
 * ``choice_loglik``: one ``(context, continuation)`` row per (question, choice); the logit of a
   choice is the summed log-probability of its continuation tokens (lm-evaluation-harness
   style). The LM head is applied only at the positions that predict continuation tokens.
+  ``choice_loglik_mean`` divides that sum by the number of continuation tokens.
 * ``encoder``: multiple-choice head models (``BertForMultipleChoice``); each
   ``(question, choice)`` is encoded as a text pair and the model returns ``[B, C]`` logits.
 
