@@ -54,6 +54,19 @@ def test_rows_match_the_runs_metrics(run, tmp_path):
     assert str(out) in report.read_text() and report.with_suffix(".json").is_file()
 
 
+def test_a_gated_run_trains_and_is_read_under_per_token_scoring(run, tmp_path):
+    _, data = run
+    out = tmp_path / "mean"
+    model = save_tiny_model(tmp_path / "model")
+    assert cli(["train", str(CONFIG), "--out", str(out), "--quiet", "--data-dir", str(data),
+                "--set", f"model.name={model}", "--set", "method=bslora",
+                "--set", "model.scoring=choice_loglik_mean", "--set", "train.steps=2"]) == 0
+    rows = length_bias.run_rows(out, str(data))
+    assert rows and all(r["scoring"] == "choice_loglik_mean" for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert rows[0]["acc"] == pytest.approx(metrics[rows[0]["set"]]["acc"])
+
+
 def test_letter_scoring_has_no_answer_tokens(run, tmp_path):
     out, _ = run
     letter = tmp_path / "letter"

@@ -257,7 +257,7 @@ def test_encoder_truncates_question_from_the_left(bert):
 # ---------------------------------------------------------------------------- draws and rows
 
 
-@pytest.mark.parametrize("mode", ["letter", "choice_loglik"])
+@pytest.mark.parametrize("mode", ["letter", "choice_loglik", "choice_loglik_mean"])
 def test_num_draws_replicates_draw_major(models, mode):
     model, tok = models["llama"], tiny_tokenizer()
     scorer = ChoiceScorer(tok, mode)
@@ -284,7 +284,7 @@ def test_num_draws_replicates_draw_major(models, mode):
         assert_equal_up_to_rounding(three[d], one[0])
     # choice_loglik: the blocks run one packed row per question (shared context), the head
     # one row of scored tokens per question
-    if mode == "choice_loglik":
+    if mode.startswith("choice_loglik"):
         rows = len(EXAMPLES)
     assert seen["q_proj"] == [rows, 3 * rows]
     assert seen["lm_head"] == [rows, 3 * rows]
@@ -312,7 +312,7 @@ def _score_with_scales(model, scorer, examples, scales, num_draws):
             handle.remove()
 
 
-@pytest.mark.parametrize("mode", ["letter", "choice_loglik"])
+@pytest.mark.parametrize("mode", ["letter", "choice_loglik", "choice_loglik_mean"])
 def test_row_order_per_draw_and_per_question(models, mode):
     """Group g of x.view(G, -1, ...) is draw d (G = D) or (draw d, question b) (G = D * B)."""
     model, scorer = models["llama"], ChoiceScorer(tiny_tokenizer(), mode)
