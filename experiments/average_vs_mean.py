@@ -12,12 +12,11 @@ weights (sparser gates, noise during training), not the Bayesian model average.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from bslora_pyro.experiment import rundir
-from bslora_pyro.experiment.config import ConfigError
 from bslora_pyro.experiment.evaluation import predict_split, set_metrics
+from bslora_pyro.experiment.run_tables import runs_parser, tabulate_runs
 from bslora_pyro.experiment.setup import (
     load_split,
     load_trained_method,
@@ -60,24 +59,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    try:
-        rows = [compare_run(Path(run), args.data_dir, progress=not args.quiet)
-                for run in args.runs]
-    except ConfigError as error:  # not a run directory, or a config this code cannot read
-        raise SystemExit(f"average_vs_mean: {error}") from None
-    text = markdown(rows)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+    return tabulate_runs(
+        "average_vs_mean", args.runs,
+        lambda run: [compare_run(run, args.data_dir, progress=not args.quiet)],
+        markdown, args.out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="finished run directories")
-    parser.add_argument("--data-dir", help="local data folder (else the run's or the hub)")
-    parser.add_argument("--out", help="markdown file to write (and its .json beside it)")
+    parser = runs_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
