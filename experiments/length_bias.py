@@ -13,16 +13,17 @@ divides it out.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from bslora_pyro.experiment import rundir
-from bslora_pyro.experiment.config import ConfigError
+from bslora_pyro.experiment.run_tables import runs_parser, tabulate_runs
 from bslora_pyro.experiment.setup import build_scorer_and_backbone, load_split, read_run_config
+from bslora_pyro.scoring.modes import SCORING_MODES, LoglikMode
 
-LOGLIK_MODES = ("choice_loglik", "choice_loglik_mean")
+#: the scorings whose choices are answer tokens (``choice_loglik`` and its variants)
+LOGLIK_MODES = tuple(name for name, mode in SCORING_MODES.items() if isinstance(mode, LoglikMode))
 
 
 def answer_lengths(scorer, examples: list) -> torch.Tensor:
@@ -91,24 +92,12 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    try:
-        rows = [row for run in args.runs for row in run_rows(Path(run), args.data_dir)]
-    except ConfigError as error:  # not a run directory, or a config this code cannot read
-        raise SystemExit(f"length_bias: {error}") from None
-    text = markdown(rows)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+    return tabulate_runs("length_bias", args.runs, lambda run: run_rows(run, args.data_dir),
+                         markdown, args.out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="finished run directories")
-    parser.add_argument("--data-dir", help="local data folder (else the run's or the hub)")
-    parser.add_argument("--out", help="markdown file to write (and its .json beside it)")
-    return parser.parse_args(argv)
+    return runs_parser(__doc__.split("\n\n")[0]).parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -96,8 +96,6 @@ def _loglik_rows(
 class LoglikMode(ScoringMode):
     name = "choice_loglik"
     shares_context = True
-    #: divide each choice's summed log-probability by its number of scored tokens
-    per_token = False
 
     def check_example(self, ex: MultipleChoiceExample) -> None:
         if len(ex.loglik_pairs) != ex.num_choices:
@@ -171,15 +169,16 @@ class LoglikMode(ScoringMode):
             log_probs = log_probs.masked_fill(~repeat(valid, num_draws), 0)
         choices = repeat(order // batch.target_ids.shape[-1], num_draws)
         scores = log_probs.new_zeros(choices.shape[0], batch.num_choices)
-        scores = scores.scatter_add(1, choices, log_probs)
-        if self.per_token:
-            counts = batch.target_mask.reshape(batch.num_examples, batch.num_choices, -1).sum(-1)
-            scores = scores / repeat(counts.clamp(min=1), num_draws).to(scores.dtype)
-        return scores.reshape(-1)
+        return scores.scatter_add(1, choices, log_probs).reshape(-1)
 
 
 class MeanLoglikMode(LoglikMode):
     """``choice_loglik`` with the mean log-probability per continuation token as the logit."""
 
     name = "choice_loglik_mean"
-    per_token = True
+
+    def head(self, model: Any, batch: EncodedBatch, picked: Tensor, num_draws: int) -> Tensor:
+        """:meth:`LoglikMode.head`'s sums divided by each choice's number of scored tokens."""
+        sums = super().head(model, batch, picked, num_draws).view(-1, batch.num_choices)
+        counts = batch.target_mask.reshape(batch.num_examples, batch.num_choices, -1).sum(-1)
+        return (sums / repeat(counts.clamp(min=1), num_draws).to(sums.dtype)).reshape(-1)
