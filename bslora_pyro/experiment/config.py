@@ -14,7 +14,7 @@ from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.experiment.tracking import TrackingConfig
 from bslora_pyro.inference.svi import TrainConfig
 from bslora_pyro.methods import MethodError, check_options
-from bslora_pyro.scoring.batch import MODES as SCORING_NAMES
+from bslora_pyro.scoring.modes import MODES as SCORING_NAMES
 from bslora_pyro.typed import ConfigError, build_dataclass
 
 

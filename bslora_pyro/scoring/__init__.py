@@ -31,12 +31,12 @@ from __future__ import annotations
 
 from bslora_pyro.scoring.batch import (
     LETTERS,
-    MODES,
     EncodedBatch,
     ScoringError,
     choice_probabilities,
     masked_fill_value,
 )
+from bslora_pyro.scoring.modes import MODES
 from bslora_pyro.scoring.network import decoder_body, output_head
 from bslora_pyro.scoring.scorer import ChoiceScorer
 from bslora_pyro.scoring.tokens import positions_from_mask

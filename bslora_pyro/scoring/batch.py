@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MODES = ("letter", "choice_loglik", "choice_loglik_mean", "encoder")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.scoring import tokens
-from bslora_pyro.scoring.batch import LETTERS, MODES, EncodedBatch, ScoringError, masked_fill_value
+from bslora_pyro.scoring.batch import LETTERS, EncodedBatch, ScoringError, masked_fill_value
 from bslora_pyro.scoring.draws import chunks, draw_bytes, draw_slice, fitting_draws
-from bslora_pyro.scoring.modes import SCORING_MODES, ScoringMode
+from bslora_pyro.scoring.modes import MODES, SCORING_MODES, ScoringMode
 from bslora_pyro.scoring.modes.letter import find_letter_id
 from bslora_pyro.scoring.modes.loglik import scored_slots
 from bslora_pyro.scoring.network import gated_layers, model_device

@@ -10,5 +10,6 @@ from bslora_pyro.scoring.modes.loglik import LoglikMode, MeanLoglikMode
 SCORING_MODES: dict[str, ScoringMode] = {
     mode.name: mode for mode in (LetterMode(), LoglikMode(), MeanLoglikMode(), EncoderMode())
 }
+MODES = tuple(SCORING_MODES)  # the names, in registry order
 
-__all__ = ["SCORING_MODES", "EncoderMode", "LetterMode", "LoglikMode", "MeanLoglikMode", "ScoringMode"]
+__all__ = ["MODES", "SCORING_MODES", "EncoderMode", "LetterMode", "LoglikMode", "MeanLoglikMode", "ScoringMode"]
