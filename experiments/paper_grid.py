@@ -113,6 +113,7 @@ def paper_tables(out: Path, tasks: list[str], runs: dict[str, dict[str, list[Pat
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     parts.append(_validation_table(tasks, runs, seeds))
+    parts.append(_time_table(tasks, runs))
     markdown = "\n\n".join(parts)
     (out / "paper_table.md").write_text(markdown + "\n")
     return markdown
@@ -132,6 +133,31 @@ def _validation_table(tasks: list[str], runs: dict[str, dict[str, list[Path]]],
                       for p in runs.get(task, {}).get(name, [])]
             cells.append(_cell([v for v in values if v is not None], seeds))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _time_table(tasks: list[str], runs: dict[str, dict[str, list[Path]]]) -> str:
+    """Minutes per run (mean over the seeds; loading, training and every evaluation set) and
+    the grid's total: the wall time of running it in one process, one run after another
+    (a resumed run counts the part after its last start)."""
+    lines = ["### Run time (minutes per run)", "",
+             "| method | " + " | ".join(SHORT.get(t, t) for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    names = list(dict.fromkeys(name for by_variant in runs.values() for name in by_variant))
+    total, timed, untimed = 0.0, 0, 0
+    for name in names:
+        cells = []
+        for task in tasks:
+            seconds = [rundir.read_metrics(p).get("_run", {}).get("run_seconds")
+                       for p in runs.get(task, {}).get(name, [])]
+            untimed += sum(s is None for s in seconds)
+            seconds = [s for s in seconds if s is not None]
+            total, timed = total + sum(seconds), timed + len(seconds)
+            cells.append(f"{statistics.fmean(seconds) / 60:.1f}" if seconds else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"{timed} timed runs, {total / 3600:.2f} h in all, one after another"
+              + (f" ({untimed} finished runs have no timing: made before runs recorded it)"
+                 if untimed else "") + "."]
     return "\n".join(lines)
 
 

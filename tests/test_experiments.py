@@ -158,13 +158,21 @@ def test_paper_grid_runs_named_variants_and_writes_paper_tables(tmp_path):
     rows = [line.split(" | ")[0] for line in acc[2:]]
     assert rows == ["| mle", "| mle + T", "| gated_p03", "| gated_p03 + T"]
     assert "| method | ARC-E |" in table and "### ECE" in table and "### MI" in table
-    validation = table.split("### Validation NLL (selection)")[1].strip().splitlines()
+    validation = table.split("### Validation NLL (selection)")[1].split("###")[0]
+    validation = validation.strip().splitlines()
     assert [line.split(" | ")[0] for line in validation[2:]] == ["| mle", "| gated_p03"]
     nll = rundir.read_metrics(tmp_path / "runs" / "arc_easy" / "mle" / "seed0")["_validation"]["nll"]
     assert validation[2] == f"| mle | {nll:.3f} |"
     assert not (tmp_path / "runs" / "arc_easy" / "ensemble").exists()  # limited to OBQA
     run = tmp_path / "runs" / "arc_easy" / "gated_p03" / "seed0"
     assert rundir.read_metrics(run)["_run"]["train_examples"] == 15  # 20 less 5 validation
+    timing = table.split("### Run time (minutes per run)")[1].strip().splitlines()
+    timings = [rundir.read_metrics(run.parent.parent / name / "seed0")["_run"]
+               for name in ("mle", "gated_p03")]
+    assert all(t["run_seconds"] >= t["train_seconds"] for t in timings)  # training is a part
+    seconds = [t["run_seconds"] for t in timings]
+    assert timing[2] == f"| mle | {seconds[0] / 60:.1f} |"
+    assert timing[-1] == f"2 timed runs, {sum(seconds) / 3600:.2f} h in all, one after another."
 
     # --table-only trains nothing: seed 1 never ran, so its cells say they hold one seed
     paper_grid.main(paper_grid.parse_args([

@@ -82,8 +82,10 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
     run = metrics.get("_run", {})
     if run:
         lines.append(f"- train time {run.get('train_seconds')} s on {run.get('train_examples')} "
-                     "examples" + (f"; expected active ranks {run['expected_active_ranks']:.1f}"
-                                   if "expected_active_ranks" in run else ""))
+                     "examples" + (f" ({run['run_seconds']} s for the whole run, evaluation "
+                                   "included)" if "run_seconds" in run else "")
+                     + (f"; expected active ranks {run['expected_active_ranks']:.1f}"
+                        if "expected_active_ranks" in run else ""))
     if "early_stopping" in run:
         stop = run["early_stopping"]
         lines.append(f"- early stopping: weights of step {stop['best_step']} restored "

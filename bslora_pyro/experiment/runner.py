@@ -163,6 +163,7 @@ def run_experiment(
             shutil.rmtree(run_dir / stale, ignore_errors=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
                                                                      sort_keys=False))
+    run_started = time.perf_counter()
     seed_everything(config.seed)
     tracker = start_tracking(config, run_dir) if is_main_process() else None
     train_examples, validation = load_training_data(config)
@@ -194,5 +195,7 @@ def run_experiment(
         results["_validation"] = validation_summary
     if tempered:
         results[rundir.TEMPERED] = {"temperature": temperature, "sets": tempered}
+    # loading, training, validation and every evaluation set: what the run cost end to end
+    results["_run"]["run_seconds"] = round(time.perf_counter() - run_started, 1)
     publish_metrics(run_dir, results, tracker, results, config.train.steps)
     return results
