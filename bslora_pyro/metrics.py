@@ -3,6 +3,10 @@
 Inputs are ``probs`` of shape [N, C] whose rows sum to one and integer ``labels`` of shape [N];
 numpy arrays, torch tensors and nested lists are all accepted. Results are fractions (not
 percentages) returned as Python floats, or numpy arrays for per-example quantities.
+
+Nothing is clipped: the negative log-likelihood is exact (infinite for a probability of
+exactly 0); give it log-probabilities (:func:`nll_from_log_probs`, ``summarize(...,
+log_probs=...)``) where a probability may underflow.
 """
 
 from __future__ import annotations
@@ -10,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-_EPS = 1e-12
 
 
 def _as_numpy(x: Any, dtype: type = np.float64) -> np.ndarray:
@@ -73,9 +75,19 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> flo
 
 
 def negative_log_likelihood(probs: Any, labels: Any) -> float:
-    """Mean of ``-log p[label]`` with the probability clamped at 1e-12."""
+    """Mean of ``-log p[label]``, exact (``inf`` when a label has probability 0)."""
     p, y = _check(probs, labels)
-    return float(np.mean(-np.log(np.clip(p[np.arange(len(y)), y], _EPS, None))))
+    with np.errstate(divide="ignore"):
+        return float(np.mean(-np.log(p[np.arange(len(y)), y])))
+
+
+def nll_from_log_probs(log_probs: Any, labels: Any) -> float:
+    """Mean of ``-log_probs[label]``: the exact NLL for any gap (no underflow)."""
+    lp = _as_numpy(log_probs)
+    y = _as_numpy(labels, np.int64)
+    if lp.ndim != 2 or y.shape != (lp.shape[0],):
+        raise ValueError(f"log_probs must be [N, C] and labels [N], got {lp.shape}, {y.shape}")
+    return float(np.mean(-lp[np.arange(len(y)), y]))
 
 
 def brier_score(probs: Any, labels: Any) -> float:
@@ -86,8 +98,10 @@ def brier_score(probs: Any, labels: Any) -> float:
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy (nats) along the last axis, with 0 log 0 = 0."""
-    return -np.sum(p * np.log(np.clip(p, _EPS, None)), axis=-1)
+    """Entropy (nats) along the last axis, with 0 log 0 = 0 (exactly, nothing clipped)."""
+    positive = p > 0
+    terms = np.where(positive, p * np.log(np.where(positive, p, 1.0)), 0.0)
+    return -np.sum(terms, axis=-1)
 
 
 def predictive_entropy(probs: Any) -> np.ndarray:
@@ -129,12 +143,27 @@ def auroc(scores_in: Any, scores_out: Any) -> float:
     return float(u_out / (s_in.size * s_out.size))
 
 
+def fpr_at_tpr(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> float:
+    """OOD detection: the share of in-distribution examples flagged (score >= t) at the
+    highest threshold t that flags at least ``tpr`` of the out-of-distribution ones."""
+    s_in = _as_numpy(scores_in).ravel()
+    s_out = np.sort(_as_numpy(scores_out).ravel())[::-1]
+    if s_in.size == 0 or s_out.size == 0:
+        raise ValueError("both score sets must be non-empty")
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    threshold = s_out[int(np.ceil(tpr * s_out.size)) - 1]
+    return float(np.mean(s_in >= threshold))
+
+
 def risk_coverage_curve(
     probs: Any, labels: Any, confidence: Any | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Selective prediction curve, keeping the most confident examples first.
 
-    ``confidence`` [N] defaults to the top-label probability (ties keep input order). Returns
+    ``confidence`` [N] defaults to the top-label probability. Examples of equal confidence
+    are kept in an order that is averaged over (the expected risk under a random order
+    among ties), so the curve does not depend on the dataset's order. Returns
     ``coverages`` k / N and ``risks`` (error rate among the k kept) for k = 1..N.
     """
     p, y = _check(probs, labels)
@@ -143,6 +172,8 @@ def risk_coverage_curve(
         raise ValueError(f"confidence must have shape {y.shape}, got {conf.shape}")
     order = np.argsort(-conf, kind="stable")
     errors = (p.argmax(axis=1) != y)[order].astype(np.float64)
+    _, group, counts = np.unique(-conf[order], return_inverse=True, return_counts=True)
+    errors = (np.bincount(group, weights=errors) / counts)[group]  # each tie: its mean
     kept = np.arange(1, len(y) + 1)
     return kept / len(y), np.cumsum(errors) / kept
 
@@ -153,13 +184,17 @@ def area_under_risk_coverage(probs: Any, labels: Any, confidence: Any | None = N
     return float(np.mean(risks))
 
 
-def summarize(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, float | int]:
-    """The benchmark's headline metrics: ``acc``, ``ece``, ``nll``, ``brier`` and ``n``."""
+def summarize(
+    probs: Any, labels: Any, n_bins: int = 15, log_probs: Any | None = None
+) -> dict[str, float | int]:
+    """The benchmark's headline metrics: ``acc``, ``ece``, ``nll``, ``brier`` and ``n``;
+    the NLL from ``log_probs`` [N, C] when given (exact where probabilities underflow)."""
     p, y = _check(probs, labels)
+    nll = negative_log_likelihood(p, y) if log_probs is None else nll_from_log_probs(log_probs, y)
     return {
         "acc": accuracy(p, y),
         "ece": expected_calibration_error(p, y, n_bins),
-        "nll": negative_log_likelihood(p, y),
+        "nll": nll,
         "brier": brier_score(p, y),
         "n": int(len(y)),
     }

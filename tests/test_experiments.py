@@ -76,7 +76,8 @@ def test_compare_table_pools_seeds(grid_dir, capsys, tmp_path):
     assert rows == ["| tiny/zero_shot", "| tiny/mle", "| tiny/bslora"]  # the grid's order
     runs = [str(p) for p in sorted(out.glob("*/seed*"))]
     assert main(["compare", *runs, "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "comparison.csv").read_text().count("tiny/mle") == 8  # 2 sets x 4 metrics
+    # 2 sets x 4 metrics, and the shift set's 2 OOD AUROCs
+    assert (tmp_path / "comparison.csv").read_text().count("tiny/mle") == 10
 
 
 def test_grid_keeps_finished_runs_and_redoes_unfinished_ones(grid_dir, capsys, tmp_path):

@@ -246,6 +246,7 @@ def check_linearised_predictive(method, examples):
     torch.testing.assert_close(empirical, covariance, rtol=0, atol=0.1 * float(scale))
     torch.testing.assert_close(centred.mean(0), torch.zeros_like(mean), rtol=0,
                                atol=0.1 * float(scale.sqrt()))
+    check_many_draw_average(method, examples)
     method.predictive = "sample"  # the weight-sampling predictive stays available
     try:
         assert method.predict_batch_size is None
@@ -253,6 +254,32 @@ def check_linearised_predictive(method, examples):
         assert draws.shape == (3, *mean.shape) and not torch.allclose(draws[0], draws[1])
     finally:
         method.predictive = "linearised"
+
+
+def check_many_draw_average(method, examples):
+    """With a wide posterior, the predictive is E[softmax f] over many logit draws: it
+    does not depend on M (``num_samples`` only sets the draws kept for mutual information)
+    and matches an independent 400,000-draw average; an average of M = 10 draws would be
+    off by Monte Carlo noise of ~0.1 in probability."""
+    saved = method.prior_precision
+    method.prior_precision = 1e-4 * saved  # widen the posterior: logit sd of several units
+    try:
+        batch = method.scorer.encode(examples)
+        mean, covariance = method.logit_distribution(batch)
+        assert covariance.diagonal(dim1=-2, dim2=-1).min() > 4.0
+        few, many = (predict(method, examples, method.scorer.encode, num_samples=m,
+                             progress=False) for m in (2, 10))
+        assert few.num_samples == 2 and many.num_samples == 10
+        torch.testing.assert_close(few.log_probs, many.log_probs, rtol=0, atol=0)
+        generator = torch.Generator().manual_seed(123)
+        draws = mean.double() + torch.einsum(
+            "bcd,sd->sbc", torch.linalg.cholesky(covariance.double()
+                                                 + 1e-9 * torch.eye(covariance.shape[-1])),
+            torch.randn(400_000, mean.shape[-1], generator=generator, dtype=torch.float64))
+        expected = torch.softmax(draws, -1).mean(0).float()
+        torch.testing.assert_close(many.probs, expected, rtol=0, atol=5e-3)
+    finally:
+        method.prior_precision = saved
 
 
 def check_temperature_scaling(trained):

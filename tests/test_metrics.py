@@ -14,8 +14,10 @@ from bslora_pyro.metrics import (
     auroc,
     brier_score,
     expected_calibration_error,
+    fpr_at_tpr,
     mutual_information,
     negative_log_likelihood,
+    nll_from_log_probs,
     predictive_entropy,
     reliability_bins,
     risk_coverage_curve,
@@ -75,9 +77,22 @@ def test_negative_log_likelihood() -> None:
     # p(label): 0.70, 0.18, 0.30, 0.95.
     expected = -(math.log(0.70) + math.log(0.18) + math.log(0.30) + math.log(0.95)) / 4
     assert negative_log_likelihood(PROBS, LABELS) == pytest.approx(expected)
-    # A zero probability is clamped at 1e-12 instead of giving infinity.
+    # Nothing is clipped: a zero probability is an infinite loss, a tiny one its own.
     zero = negative_log_likelihood(np.array([[1.0, 0.0]]), np.array([1]))
-    assert zero == pytest.approx(-math.log(1e-12))
+    assert zero == math.inf
+    tiny = negative_log_likelihood(np.array([[1.0, 1e-40]]), np.array([1]))
+    assert tiny == pytest.approx(40 * math.log(10))
+
+
+def test_nll_from_log_probs_is_exact_past_any_underflow() -> None:
+    """200 and 1,000 nats wrong score 200 and 1,000 (float32 probabilities underflow at
+    ~103 nats, a 1e-12 clip would give 27.6)."""
+    log_probs = np.array([[0.0, -200.0], [-1000.0, 0.0], [math.log(0.5), math.log(0.5)]])
+    labels = np.array([1, 0, 1])
+    assert nll_from_log_probs(log_probs, labels) == pytest.approx((200 + 1000 + math.log(2)) / 3)
+    probs = np.exp(log_probs)
+    assert summarize(probs, labels, log_probs=log_probs)["nll"] == pytest.approx(
+        (200 + 1000 + math.log(2)) / 3)
 
 
 def test_brier_score() -> None:
@@ -150,6 +165,27 @@ def test_risk_coverage_with_custom_confidence() -> None:
     # Ranking by a score that puts the wrong answers first.
     _, risks = risk_coverage_curve(PROBS, LABELS, confidence=[0.0, 1.0, 0.9, 0.1])
     np.testing.assert_allclose(risks, [1.0, 1.0, 2 / 3, 2 / 4])
+
+
+def test_risk_coverage_averages_ties_over_orders() -> None:
+    """Equal confidences: the curve is the mean over orders, whatever the dataset order."""
+    probs = np.array([[0.8, 0.2]] * 4 + [[0.6, 0.4]] * 2)
+    labels = np.array([0, 1, 0, 1, 0, 0])  # the 0.8 tie: 2 of 4 wrong; the 0.6 tie: none
+    _, risks = risk_coverage_curve(probs, labels)
+    np.testing.assert_allclose(risks, [0.5, 0.5, 0.5, 0.5, 2 / 5, 2 / 6])
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(labels))
+        _, permuted = risk_coverage_curve(probs[order], labels[order])
+        np.testing.assert_allclose(permuted, risks)
+
+
+def test_fpr_at_95_tpr() -> None:
+    scores_out = np.arange(100, 200, dtype=float)  # OOD: 100..199
+    scores_in = np.arange(0, 120, dtype=float)  # ID: 0..119
+    # 95 % of OOD scores are >= 105; ID scores >= 105: 105..119 -> 15 of 120
+    assert fpr_at_tpr(scores_in, scores_out) == pytest.approx(15 / 120)
+    assert fpr_at_tpr(scores_in, scores_out + 1000) == 0.0
+    assert fpr_at_tpr(scores_out, scores_in) == 1.0
 
 
 def test_summarize() -> None:

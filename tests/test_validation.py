@@ -119,8 +119,8 @@ def test_patience_stops_training_and_validation_does_not_change_the_training_dra
 
 
 def _preds(logits: torch.Tensor, labels: torch.Tensor) -> Predictions:
-    sample = torch.softmax(logits, -1)
-    return Predictions(sample.mean(0), sample, labels, torch.ones(logits.shape[1:], dtype=bool))
+    mask = torch.ones(logits.shape[1:], dtype=bool)
+    return Predictions.from_sample_log_probs(torch.log_softmax(logits, -1), labels, mask)
 
 
 def test_temper_divides_every_draws_logits_then_averages():
@@ -131,9 +131,10 @@ def test_temper_divides_every_draws_logits_then_averages():
     torch.testing.assert_close(scaled.sample_probs, torch.softmax(logits / 2.5, -1))
     torch.testing.assert_close(scaled.probs, torch.softmax(logits / 2.5, -1).mean(0))
     torch.testing.assert_close(temper(preds, 1.0).probs, preds.probs)
-    masked = Predictions(preds.probs, preds.sample_probs, labels, torch.ones(20, 3, dtype=bool))
-    masked.choice_mask[:, 2] = False
-    masked.sample_probs[..., 2] = 0.0
+    mask = torch.ones(20, 3, dtype=bool)
+    mask[:, 2] = False
+    masked = _preds(logits.masked_fill(~mask, -torch.inf), labels)
+    masked.choice_mask = mask
     assert torch.all(temper(masked, 0.5).sample_probs[..., 2] == 0)
 
 
@@ -155,11 +156,10 @@ def test_fitted_temperature_with_missing_choices_is_finite_and_keeps_them_at_zer
     probability 0: the fit must neither give NaN gradients nor move mass onto them."""
     torch.manual_seed(2)
     labels = torch.randint(3, (120,))
-    preds = _preds(6 * torch.randn(3, 120, 4), labels)
-    preds.choice_mask[::2, 3] = False  # every other question has 3 choices
-    preds.sample_probs[:, ::2, 3] = 0.0
-    preds.sample_probs /= preds.sample_probs.sum(-1, keepdim=True)
-    preds.probs = preds.sample_probs.mean(0)
+    mask = torch.ones(120, 4, dtype=bool)
+    mask[::2, 3] = False  # every other question has 3 choices
+    preds = _preds((6 * torch.randn(3, 120, 4)).masked_fill(~mask, -torch.inf), labels)
+    preds.choice_mask = mask
     fit = fit_temperature(preds)
     assert fit["temperature"] > 1.5 and fit["validation_nll_after"] < fit["validation_nll_before"]
     assert torch.all(temper(preds, fit["temperature"]).sample_probs[:, ::2, 3] == 0)

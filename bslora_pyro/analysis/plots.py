@@ -127,7 +127,8 @@ def plot_training(train_log: list[dict]) -> Figure | None:
 
 
 def plot_risk_coverage(sets: dict[str, Predictions]) -> Figure | None:
-    """Selective risk against coverage (most confident first), one curve per set."""
+    """Selective risk against coverage (most confident first), one curve per labelled set."""
+    sets = {label: preds for label, preds in sets.items() if preds.labelled}
     if not sets:
         return None
     fig, (ax,) = new_figure(1, width=5.0)

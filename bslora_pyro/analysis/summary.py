@@ -109,17 +109,19 @@ def write_gate_tables(idata, run_dir: Path) -> list[Path]:
 
 
 def uncertainty_table(sets: dict) -> pd.DataFrame:
-    """Per evaluation set: accuracy, mean predictive entropy and mutual information, AURC."""
+    """Per evaluation set: accuracy, mean predictive entropy and mutual information, AURC
+    (accuracy and AURC blank for an unlabelled set)."""
     rows = []
     for label, preds in sets.items():
         probs, labels = preds.probs.numpy(), preds.labels.numpy()
+        labelled = preds.labelled
         rows.append({
             "set": label,
             "n": len(labels),
-            "acc": M.accuracy(probs, labels),
+            "acc": M.accuracy(probs, labels) if labelled else float("nan"),
             "entropy": float(M.predictive_entropy(probs).mean()),
             "mutual_information": float(M.mutual_information(preds.sample_probs.numpy()).mean()),
-            "aurc": M.area_under_risk_coverage(probs, labels),
+            "aurc": M.area_under_risk_coverage(probs, labels) if labelled else float("nan"),
         })
     return pd.DataFrame(rows)
 

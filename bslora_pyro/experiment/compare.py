@@ -12,15 +12,25 @@ import yaml
 from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.rundir import TEMPERED
 
-METRICS = ("acc", "ece", "nll", "brier")
-LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc"}
+METRICS = ("acc", "ece", "nll", "brier", "ood_auroc_entropy", "ood_auroc_mi")
+LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc", "ood_fpr95_entropy", "ood_fpr95_mi",
+                   "mean_mutual_information"}
+
+
+#: what a method's label adds, from its options, so a table says which variant it shows
+QUALIFIERS = {
+    "laplace": lambda options: {"kron": "K-FAC"}.get(options.get("hessian"), "diagonal GGN"),
+}
 
 
 def setting_of(run_dir: Path) -> str:
-    """A run's setting label: its method, prefixed by the run name unless that is generic."""
+    """A run's setting label: its method (with the qualifier some methods' options give,
+    e.g. Laplace's Hessian), prefixed by the run name unless that is generic."""
     config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
     name, method = config["name"], config["method"]
-    return method if name in ("experiment", method) else f"{name}/{method}"
+    label = method if name in ("experiment", method) else f"{name}/{method}"
+    qualifier = QUALIFIERS.get(method)
+    return f"{label} ({qualifier(config.get('method_options') or {})})" if qualifier else label
 
 
 #: the row suffix of a run's predictive under its post-hoc validation temperature
@@ -61,11 +71,13 @@ def _fmt(values: list[float]) -> str:
 
 def compare_tables(run_dirs: list[Path], metrics=METRICS) -> tuple[str, str]:
     """(markdown, csv): rows = settings in the order given, columns = eval set (in the
-    config's order: in-distribution first) x metric; best per column in bold (highest
-    accuracy, lowest of the others)."""
+    config's order: in-distribution first) x metric, where any run has it (an unlabelled
+    OOD set has only its OOD scores); best per column in bold (highest accuracy and
+    AUROC, lowest of the others)."""
     table = collect(run_dirs)
     sets = list(dict.fromkeys(s for setting in table.values() for s in setting))  # config order
-    columns = [(s, m) for s in sets for m in metrics]
+    columns = [(s, m) for s in sets for m in metrics
+               if any(m in setting.get(s, {}) for setting in table.values())]
     best = {}
     for column in columns:
         means = {name: statistics.fmean(v[column[0]][column[1]]) for name, v in table.items()

@@ -27,22 +27,29 @@ log = logging.getLogger("bslora_pyro")
 
 
 def set_metrics(preds: Predictions, reference: Predictions | None = None) -> dict:
-    """ACC / ECE / NLL / Brier, area under the risk-coverage curve, and when a
-    ``reference`` (in-distribution) set is given, OOD AUROC from predictive entropy and
-    from mutual information (this set = out-of-distribution)."""
-    probs, labels = preds.probs.numpy(), preds.labels.numpy()
-    out = M.summarize(probs, labels)
+    """ACC / ECE / NLL / Brier and the area under the risk-coverage curve (a labelled set),
+    mean predictive entropy and mutual information, and when a ``reference``
+    (in-distribution) set is given, OOD detection of this set against it: AUROC and FPR at
+    95 % TPR by predictive entropy and by mutual information. An unlabelled set (an
+    out-of-distribution set without answers) gets the uncertainty and OOD scores only."""
+    probs = preds.probs.double().numpy()
+    out: dict = {"n": int(preds.labels.shape[0])}
+    if preds.labelled:
+        labels = preds.labels.numpy()
+        out.update(M.summarize(probs, labels, log_probs=preds.log_probs.double().numpy()))
+        out["aurc"] = float(M.area_under_risk_coverage(probs, labels))
     out["num_samples"] = preds.num_samples
-    out["aurc"] = float(M.area_under_risk_coverage(probs, labels))
-    out["mean_entropy"] = float(M.predictive_entropy(probs).mean())
-    out["mean_mutual_information"] = float(M.mutual_information(preds.sample_probs.numpy()).mean())
+    entropy = M.predictive_entropy(probs)
+    mutual = M.mutual_information(preds.sample_probs.double().numpy())
+    out["mean_entropy"] = float(entropy.mean())
+    out["mean_mutual_information"] = float(mutual.mean())
     if reference is not None:
-        ent_in = M.predictive_entropy(reference.probs.numpy())
-        ent_out = M.predictive_entropy(probs)
-        mi_in = M.mutual_information(reference.sample_probs.numpy())
-        mi_out = M.mutual_information(preds.sample_probs.numpy())
-        out["ood_auroc_entropy"] = float(M.auroc(ent_in, ent_out))
-        out["ood_auroc_mi"] = float(M.auroc(mi_in, mi_out))
+        ent_in = M.predictive_entropy(reference.probs.double().numpy())
+        mi_in = M.mutual_information(reference.sample_probs.double().numpy())
+        out["ood_auroc_entropy"] = float(M.auroc(ent_in, entropy))
+        out["ood_auroc_mi"] = float(M.auroc(mi_in, mutual))
+        out["ood_fpr95_entropy"] = M.fpr_at_tpr(ent_in, entropy)
+        out["ood_fpr95_mi"] = M.fpr_at_tpr(mi_in, mutual)
     return {k: (float(v) if not isinstance(v, int) else v) for k, v in out.items()}
 
 

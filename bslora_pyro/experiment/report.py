@@ -21,11 +21,12 @@ def plot_reliability(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     files = sorted((run_dir / rundir.PREDICTIONS).glob("*.jsonl"))
-    if not files:
+    sets = {path: rundir.read_predictions(path) for path in files}
+    sets = {path: preds for path, preds in sets.items() if preds.labelled}  # OOD sets: none
+    if not sets:
         return None
-    fig, axes = plt.subplots(1, len(files), figsize=(4 * len(files), 4), squeeze=False)
-    for ax, path in zip(axes[0], files, strict=True):
-        preds = rundir.read_predictions(path)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 4), squeeze=False)
+    for ax, (path, preds) in zip(axes[0], sets.items(), strict=True):
         bins = M.reliability_bins(preds.probs.numpy(), preds.labels.numpy())
         edges = bins["edges"]
         centers = (edges[:-1] + edges[1:]) / 2

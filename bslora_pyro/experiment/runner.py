@@ -67,7 +67,7 @@ def _validation_monitor(config: ExperimentConfig, method, validation: list, run_
     """The ``on_step`` hook scoring ``validation`` with the method's predictive."""
     from bslora_pyro.inference.early_stopping import ValidationMonitor
     from bslora_pyro.inference.predictive import predict
-    from bslora_pyro.metrics import negative_log_likelihood
+    from bslora_pyro.metrics import nll_from_log_probs
 
     device = resolve_device(config.model.device)
 
@@ -76,7 +76,7 @@ def _validation_monitor(config: ExperimentConfig, method, validation: list, run_
                         num_samples=config.predict.num_samples,
                         batch_size=config.predict.batch_size, device=device, progress=False,
                         seed=config.seed)
-        return negative_log_likelihood(preds.probs, preds.labels)
+        return nll_from_log_probs(preds.log_probs, preds.labels)
 
     train = config.train
     return ValidationMonitor(validation_nll, train.validate_every, train.early_stopping,

@@ -19,9 +19,13 @@ Prediction (``predictive``):
 
 - ``"linearised"`` (default, as in Laplace-LoRA): the logits are linearised around
   ``theta*``, ``f(theta) ~ f(theta*) + J (theta - theta*)``, so per question they are
-  Gaussian with mean ``f(theta*)`` and covariance ``J diag(sigma^2) J^T``; the M draws are
-  Monte Carlo over logits. ``J`` takes one backward pass per choice, so questions are
-  predicted one at a time (:attr:`LaplaceLora.predict_batch_size`).
+  Gaussian with mean ``f(theta*)`` and covariance ``J diag(sigma^2) J^T``
+  (:meth:`LaplaceLora.logit_gaussian`). The predictive ``E[softmax f]`` is a Monte Carlo
+  average over ``predictive_draws`` logit draws (100,000 by default, as the reference
+  code does; C-dimensional Gaussians cost nothing once ``J`` exists), independent of
+  ``predict.num_samples``, which only sets how many of the draws are kept for mutual
+  information. ``J`` takes one backward pass per choice, so questions are predicted one
+  at a time (:attr:`LaplaceLora.predict_batch_size`).
 - ``"sample"``: M draws of the factors from the posterior, one forward each. Known to
   underfit for a GGN posterior (the network is not linear over the posterior's width).
 
@@ -52,12 +56,14 @@ PREDICTIVES = ("linearised", "sample")
 class LaplaceOptions(MethodOptions):
     """``subset`` ("all" or "last_layer"), ``prior_precision`` (None = tuned by marginal
     likelihood), ``weight_decay`` (None = the training config's; > 0 = MAP),
-    ``predictive`` ("linearised" or "sample")."""
+    ``predictive`` ("linearised" or "sample"), ``predictive_draws`` (logit draws of the
+    linearised predictive's average, default 100,000)."""
 
     subset: str = "all"
     prior_precision: float | None = None
     weight_decay: float | None = None
     predictive: str = "linearised"
+    predictive_draws: int = 100_000
 
     def check(self, adapter: AdapterConfig | None) -> None:
         if self.subset not in SUBSETS:
@@ -65,6 +71,10 @@ class LaplaceOptions(MethodOptions):
         if self.predictive not in PREDICTIVES:
             raise MethodError(
                 f"laplace.predictive must be one of {PREDICTIVES}, got {self.predictive!r}"
+            )
+        if self.predictive_draws < 1:
+            raise MethodError(
+                f"laplace.predictive_draws must be a positive integer, got {self.predictive_draws!r}"
             )
         if self.prior_precision is not None and not self.prior_precision > 0:
             raise MethodError(
@@ -85,10 +95,12 @@ class LaplaceLora(PlainLora):
         prior_precision: float | None,
         weight_decay: float | None,
         predictive: str = "linearised",
+        predictive_draws: int = 100_000,
     ) -> None:
         super().__init__(backbone, scorer, adapter, weight_decay=weight_decay, name=NAME)
         self.subset = subset
         self.predictive = predictive
+        self.predictive_draws = predictive_draws
         self.fixed_prior_precision = prior_precision
         self.prior_precision: float | None = None
         self.log_likelihood: float | None = None
@@ -215,17 +227,25 @@ class LaplaceLora(PlainLora):
         covariance = torch.einsum("bcp,p,bdp->bcd", jacobian, variance, jacobian)
         return mean, covariance
 
+    @property
+    def logit_gaussian(self):
+        """The Gaussian over logits the predictive averages (``batch -> (mean, cov)``, see
+        :func:`~bslora_pyro.inference.predictive.predict`); ``None`` with the sampling
+        predictive."""
+        return self.logit_distribution if self.predictive == "linearised" else None
+
     @torch.no_grad()
     def predict_logits(self, batch, num_samples: int = 1, deterministic: bool = False):
-        """``[M, B, C]`` logits under M posterior draws, or ``[1, B, C]`` at the mean."""
+        """``[M, B, C]`` logits under M posterior draws, or ``[1, B, C]`` at the mean. (The
+        predictive of the linearised Laplace averages far more logit draws than M: see
+        :attr:`logit_gaussian`.)"""
         if deterministic:
             return super().predict_logits(batch, 1, True)
         if self.predictive == "linearised":
+            from bslora_pyro.inference.predictive import gaussian_draws
+
             mean, covariance = self.logit_distribution(batch)
-            values, vectors = torch.linalg.eigh(covariance.double())
-            root = (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)).to(mean)  # [B, C, C]
-            noise = torch.randn(num_samples, *mean.shape, device=mean.device, dtype=mean.dtype)
-            return mean + torch.einsum("bcd,mbd->mbc", root, noise)
+            return gaussian_draws(mean, covariance, num_samples)
         params = self.laplace_parameters()
         stds = {k: v.sqrt() for k, v in self.posterior_variance().items()}
         means = {k: p.detach().clone() for k, p in params.items()}
@@ -268,6 +288,7 @@ def build(backbone, scorer, adapter, options: dict) -> LaplaceLora:
         opts.prior_precision,
         opts.weight_decay,
         opts.predictive,
+        opts.predictive_draws,
     )
     # the options as given (method.json has always stored them so), defaults filled in
     method.options = {**dataclasses.asdict(LaplaceOptions()), **options}
