@@ -215,6 +215,10 @@ class BayesianLora(nn.Module):
         """Variational parameters of the guide (gates, the prior's latents, networks)."""
         return dict(self.gate_guide.named_parameters())
 
+    def training_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers training changes (the guide's statistics), saved in checkpoints."""
+        return {f"guide.{k}": v for k, v in self.gate_guide.named_buffers()}
+
     def expected_active_ranks(self) -> float:
         return float(sum(p.sum() for p in self.inclusion_probs().values()))
 

@@ -84,9 +84,12 @@ def copy_tensors(
 
 
 def posterior_state(method) -> dict[str, torch.Tensor]:
-    """The tensors of a posterior (live references): factors and variational parameters."""
+    """The tensors of a posterior (live references): factors, variational parameters and
+    the guide's buffers (statistics it keeps while training, e.g. the amortized guide's
+    mean feature)."""
     state = {f"factors/{k}": v for k, v in method.factor_parameters().items()}
     state.update({f"variational/{k}": v for k, v in method.gate_parameters().items()})
+    state.update({f"buffers/{k}": v for k, v in method.gate_guide.named_buffers()})
     return state
 
 
@@ -124,5 +127,11 @@ def read_posterior_config(directory: str | Path) -> dict:
 
 
 def load_posterior_state(method, path: Path) -> None:
-    """Copy a saved posterior into ``method``; every key must match exactly."""
-    copy_tensors(posterior_state(method), load_file(str(path)), f"tensors in {path}")
+    """Copy a saved posterior into ``method``; every key must match exactly (a file saved
+    before guide buffers were kept, with no ``buffers/`` key at all, loads its parameters
+    and keeps the guide's fresh buffers)."""
+    saved = load_file(str(path))
+    current = posterior_state(method)
+    if not any(key.startswith("buffers/") for key in saved):
+        current = {k: v for k, v in current.items() if not k.startswith("buffers/")}
+    copy_tensors(current, saved, f"tensors in {path}")

@@ -132,6 +132,50 @@ def test_amortized_gates_depend_on_the_input_and_their_kl_is_per_example():
     assert terms.kl.item() == pytest.approx(per_example.item() * 60 / 6, rel=1e-5)
 
 
+def test_amortized_features_do_not_depend_on_batch_mates_or_packing():
+    """A question's features are the same alone, in a packed batch and unpacked (an
+    average over all packed tokens would count the shared context once instead of C
+    times, about a 9 % difference)."""
+    method = build("bernoulli", "amortized")  # blocks 0-1 frozen: features from the prefix
+    questions = make_questions(6, seed=5)
+    scorer = method.scorer
+    batch = scorer.encode(questions)
+    assert scorer._plan(method.backbone, batch).packed is not None  # this batch is packed
+    together = method._features(batch)
+    alone = torch.cat([method._features(scorer.encode([q])) for q in questions])
+    scorer.share_context = False
+    try:
+        unpacked = method._features(scorer.encode(questions[::-1])).flip(0)
+    finally:
+        scorer.share_context = True
+    assert_equal_up_to_rounding(together, alone)
+    assert_equal_up_to_rounding(together, unpacked)
+
+
+def test_amortized_feature_mean_is_saved_checkpointed_and_restored(questions, tmp_path):
+    from bslora_pyro.inference.checkpoint import restore_checkpoint, save_checkpoint
+
+    method = build("bernoulli", "amortized")
+    with torch.no_grad():
+        method.gate_guide.readout.weight.normal_(0.0, 1.0)
+    config = TrainConfig(steps=3, batch_size=4, lr_factors=1e-2, warmup_ratio=0.0)
+    trainer = SVITrainer(method, method.scorer.encode, config)
+    trainer.fit(questions, progress=False)
+    mean = method.gate_guide.feature_mean.clone()
+    assert mean.abs().sum() > 0  # training moved it
+    save_posterior(method, tmp_path / "posterior")
+    save_checkpoint(trainer, tmp_path / "checkpoint")
+    loaded = load_posterior(tmp_path / "posterior", tiny_llama(num_layers=4, seed=0),
+                            method.scorer)
+    torch.testing.assert_close(loaded.gate_guide.feature_mean, mean, rtol=0, atol=0)
+    for name, p in method.inclusion_probs().items():
+        torch.testing.assert_close(loaded.inclusion_probs()[name], p)
+    fresh = build("bernoulli", "amortized")
+    resumed = SVITrainer(fresh, fresh.scorer.encode, config)
+    restore_checkpoint(resumed, tmp_path / "checkpoint")
+    torch.testing.assert_close(fresh.gate_guide.feature_mean, mean, rtol=0, atol=0)
+
+
 def test_autoregressive_gate_marginals_entropy_and_kl_are_exact():
     torch.manual_seed(0)
     logits, weights = torch.randn(4), torch.randn(4, 4)

@@ -95,6 +95,12 @@ def _param_names(trainer) -> dict[int, str]:
     return {}
 
 
+def _training_buffers(trainer) -> dict[str, torch.Tensor]:
+    """Buffers the method changes while it trains (``training_buffers()``; none by default)."""
+    buffers = getattr(trainer.method, "training_buffers", None)
+    return buffers() if buffers is not None else {}
+
+
 def checkpoint_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     """The trainer's full training state as (safetensors tensors, JSON-able dict)."""
     names = _param_names(trainer)
@@ -113,6 +119,7 @@ def checkpoint_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
                 tensors[f"optim/{pid}/{key}"] = value
             else:
                 scalars.setdefault(str(pid), {})[key] = value
+    tensors.update({f"buffer/{k}": v.detach() for k, v in _training_buffers(trainer).items()})
     rng_tensors, rng_meta = _rng_state()
     tensors.update(rng_tensors)
     meta = {
@@ -225,6 +232,7 @@ def _check_fits(trainer, meta: dict, tensors: dict, directory: Path) -> None:
             f"{directory} does not fit this model: expected {diff[0]}, found {diff[1]}"
         )
     missing = [key for key, _, _ in expected if key not in tensors]
+    missing += [f"buffer/{k}" for k in _training_buffers(trainer) if f"buffer/{k}" not in tensors]
     if missing:
         raise CheckpointError(f"{directory} lacks tensor {missing[0]}")
 
@@ -244,6 +252,8 @@ def restore_checkpoint(trainer, directory: str | Path) -> int:
         for g, group in enumerate(trainer.optimizer.param_groups):
             for i, p in enumerate(group["params"]):
                 p.copy_(tensors[f"param/{g}/{i}"])
+        for name, buffer in _training_buffers(trainer).items():
+            buffer.copy_(tensors[f"buffer/{name}"])
     optim = meta["optimizer"]
     state: dict[int, dict] = {}
     for pid in optim["state_ids"]:

@@ -149,21 +149,32 @@ class ChoiceScorer:
 
     @torch.no_grad()
     def question_features(self, model: Any, batch: EncodedBatch) -> Tensor:
-        """One vector ``[B, H]`` per question: its rows' hidden states at the end of the
-        frozen prefix (the input embeddings when every block is adapted), averaged over the
-        real tokens. Inputs of amortized guides; served from the prefix cache."""
+        """One vector ``[B, H]`` per question, the input of amortized guides: hidden states
+        at the end of the frozen prefix (the input embeddings when every block is adapted)
+        averaged over the question's own tokens. In ``choice_loglik`` modes these are its
+        context tokens (up to the one predicting a continuation's first token) in choice
+        0's row, so the features do not depend on the choices, on whether the batch was
+        packed, or on the other questions of the batch; in other modes, every real token
+        of its rows. Served from the prefix cache."""
         device = model_device(model)
         if device is not None and device != batch.device:
             batch = batch.to(device)
         plan = self._plan(model, batch)
-        rows = plan.rows
-        if plan.lower is not None:
-            hidden = plan.lower
+        rows = self._rows(batch)  # unpacked: one row per question (and choice)
+        if plan.lower is None:
+            hidden = model.get_input_embeddings()(rows.input_ids)
         else:
-            flat_ids = rows.input_ids.reshape(-1, rows.input_ids.shape[-1])
-            hidden = model.get_input_embeddings()(flat_ids)
+            hidden = plan.lower if plan.packed is None else plan.packed.unpack(plan.lower)
         mask = rows.attention_mask.reshape(hidden.shape[:2]).to(hidden.dtype)
-        summed = (hidden * mask.unsqueeze(-1)).sum(1).view(batch.num_examples, -1, hidden.shape[-1])
+        per = rows.num_rows // batch.num_examples
+        if batch.target_positions is not None:  # context tokens of choice 0's row
+            first = batch.target_positions.reshape(rows.num_rows, -1)[:, 0]
+            columns = torch.arange(mask.shape[1], device=mask.device)
+            mask = mask * (columns[None, :] <= first[:, None]).to(mask.dtype)
+            hidden = hidden.view(batch.num_examples, per, *hidden.shape[1:])[:, 0]
+            mask = mask.view(batch.num_examples, per, -1)[:, 0]
+            per = 1
+        summed = (hidden * mask.unsqueeze(-1)).sum(1).view(batch.num_examples, per, -1)
         counts = mask.sum(1).view(batch.num_examples, -1).sum(1).clamp_min(1.0)
         return (summed.sum(1) / counts.unsqueeze(-1)).float()
 
