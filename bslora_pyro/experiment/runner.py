@@ -186,6 +186,10 @@ def run_experiment(
                        "train_seconds": round(train_seconds, 1),
                        "train_examples": len(train_examples),
                        "validation_examples": len(validation)}
+    clipped = [r["clipped"] for r in rundir.read_jsonl(run_dir / rundir.TRAIN_LOG)
+               if "clipped" in r]
+    if clipped:  # how often gradient clipping acted (train.grad_clip, per-example scale)
+        results["_run"]["clipped_share"] = round(sum(clipped) / len(clipped), 4)
     ranks = method.active_ranks()
     if ranks is not None:
         results["_run"]["expected_active_ranks"] = ranks

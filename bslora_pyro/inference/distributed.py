@@ -17,7 +17,6 @@ Launch with ``accelerate launch`` (or ``torchrun``); a plain ``python`` run is o
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bslora_pyro.inference.svi import SVITrainer, TrainConfig, TrainingError, batch_indices
+from bslora_pyro.inference.svi import (
+    SVITrainer,
+    TrainConfig,
+    TrainingError,
+    batch_indices,
+    clip_threshold,
+)
 
 
 class DistributedConfigError(ValueError):
@@ -166,7 +171,7 @@ class AccelerateTrainer(SVITrainer):
                 )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                self._clip_and_check()
+                self._clip_and_check(len(examples))
             self.prepared_optimizer.step()
             self.prepared_optimizer.zero_grad(set_to_none=True)
         return loss.detach(), nll.detach(), kl.detach()
@@ -178,9 +183,9 @@ class AccelerateTrainer(SVITrainer):
             bad = self.accelerator.reduce(bad, reduction="sum")
         return not bool(bad.item())
 
-    def _clip_and_check(self) -> None:
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = self.accelerator.clip_grad_norm_(self.parameters(), max_norm)
+    def _clip_and_check(self, num_data: int) -> None:
+        norm = self.accelerator.clip_grad_norm_(self.parameters(),
+                                                clip_threshold(self.config, num_data))
         fp16 = self.accelerator.scaler is not None  # the scaler skips overflowing steps itself
         if norm is not None and not fp16 and not torch.isfinite(torch.as_tensor(norm)):
             raise TrainingError(

@@ -37,7 +37,11 @@ class TrainConfig:
             ``num_draws`` of the method's model and guide).
         per_example_masks: an independent draw for each question (same ELBO, lower
             variance) instead of one per batch.
-        grad_clip: max global gradient norm (0 disables).
+        grad_clip: max global norm of the per-example gradient, the gradient of the loss
+            divided by the number of training examples (the mean-loss gradient that
+            Hugging Face's Trainer, and so the reference code of the baselines, clips at
+            1.0); 0 disables. The loss itself is the dataset-scaled ELBO, so the threshold
+            applied to its gradient is ``grad_clip * N``.
         kl_weight: 1.0 is the exact ELBO; anything else is reported as tempered.
         seed: seeds the data order and every random draw.
         mixed_precision / grad_accumulation_steps: ``no``/``bf16``/``fp16`` autocast and
@@ -119,6 +123,12 @@ def linear_schedule(steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
+def clip_threshold(config: TrainConfig, num_data: int) -> float:
+    """The norm at which the gradient of the dataset-scaled loss is clipped: ``grad_clip``
+    on the per-example scale, times ``num_data`` (``inf`` when clipping is off)."""
+    return config.grad_clip * num_data if config.grad_clip > 0 else math.inf
+
+
 def progress_fields(record: dict) -> dict[str, str]:
     """What the progress bar shows: ELBO, NLL per example, KL, expected active ranks."""
     fields = {"elbo": f"{-record['loss']:.1f}", "nll": f"{record['nll']:.3f}"}
@@ -186,7 +196,7 @@ class SVITrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
-        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        max_norm = clip_threshold(config, len(examples))
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         if not torch.isfinite(norm):
             raise TrainingError(
@@ -200,6 +210,8 @@ class SVITrainer:
             "nll": terms.nll.item() / len(examples),
             "kl": terms.kl.item(),
             "seconds": time.perf_counter() - started,
+            "grad_norm": norm.item() / len(examples),  # per example, the scale of grad_clip
+            "clipped": bool(norm.item() > max_norm),
             **self.method.training_metrics(),
         }
         if terms.penalty.item():
