@@ -205,3 +205,38 @@ def test_help_on_every_command(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: bslora" in capsys.readouterr().out
+
+
+def test_a_variant_that_changes_the_scoring_gets_a_scorer_of_its_own(tmp_path, monkeypatch):
+    """A variant's model.scoring (or model.name, model.max_length) must not be served by the
+    scorer built for the base config."""
+    from bslora_pyro.experiment import grid
+
+    built, used = [], []
+
+    class Scorer:
+        def __init__(self, mode: str, max_length: int) -> None:
+            self.mode, self.max_length = mode, max_length
+
+    def build(cfg):
+        built.append(cfg.model.scoring)
+        return None, Scorer(cfg.model.scoring, cfg.model.max_length)
+
+    def run(cfg, run_dir, progress, scorer=None, resume=False):
+        used.append((cfg.name, cfg.model.scoring, scorer.mode, cfg.model.max_length,
+                     scorer.max_length))
+
+    monkeypatch.setattr(grid, "build_scorer_and_backbone", build)
+    monkeypatch.setattr(grid, "run_experiment", run)
+    monkeypatch.setattr(grid, "_write_comparison", lambda out, runs: ("", ""))
+    config = load_config(CONFIG)
+    variants = [
+        {"name": "plain", "method": "mle"},
+        {"name": "mean", "method": "mle", "set": ["model.scoring=choice_loglik_mean"]},
+        {"name": "short", "method": "mle", "set": ["model.max_length=48"]},
+        {"name": "plain_again", "method": "bslora"},
+    ]
+    grid.run_variants(config, tmp_path, variants, seeds=[0, 1], progress=False)
+    assert all(scoring == mode and length == scorer_length
+               for _, scoring, mode, length, scorer_length in used)
+    assert len(used) == 8 and len(built) == 3  # plain and plain_again share one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import yaml
@@ -66,15 +67,17 @@ def run_variants(
     progress: bool = True,
     rerun: bool = False,
 ) -> tuple[str, str]:
-    """Run named variants ``{"name", "method", "set": [...]}`` x seeds, sharing one scorer,
-    into ``out_dir/<name>/seed<k>``, and compare them.
+    """Run named variants ``{"name", "method", "set": [...]}`` x seeds into
+    ``out_dir/<name>/seed<k>``, and compare them. Runs share a scorer (and its cache of
+    frozen-prefix states) where their backbone and scoring settings agree; a variant that
+    changes ``model.*`` gets a scorer of its own.
 
     A run that already finished with the same config (its ``metrics.json`` written) is
     kept, and one that was stopped after a checkpoint resumes from it, so a grid stopped
     half-way continues where it stopped; ``rerun`` redoes every run from the start.
     """
     out_dir = Path(out_dir)
-    scorer = None
+    scorers: dict[str, object] = {}
     runs = []
     for variant in variants:
         for seed in seeds:
@@ -91,10 +94,19 @@ def run_variants(
             resume = same and latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
             print(f"== {variant['name']}, seed {seed} -> {run_dir}"
                   + (" (resuming from its checkpoint)" if resume else ""), flush=True)
-            if scorer is None:
-                _, scorer = build_scorer_and_backbone(config)
-            run_experiment(cfg, run_dir, progress, scorer=scorer, resume=resume)
+            key = scorer_key(cfg)
+            if key not in scorers:  # one per backbone and scoring setting, shared by runs
+                _, scorers[key] = build_scorer_and_backbone(cfg)
+            run_experiment(cfg, run_dir, progress, scorer=scorers[key], resume=resume)
     return _write_comparison(out_dir, runs)
+
+
+def scorer_key(config: ExperimentConfig) -> str:
+    """What a scorer is built from: the model section (backbone, scoring mode, length,
+    dtype, ...) and the adapted blocks (where the frozen prefix may end). Runs with the
+    same key share a scorer and its cache of frozen-prefix states."""
+    return yaml.safe_dump({"model": dataclasses.asdict(config.model),
+                           "layers": config.adapter.layers}, sort_keys=True)
 
 
 def _same_config(run_dir: Path, config: ExperimentConfig) -> bool:
