@@ -236,3 +236,23 @@ def test_grid_with_early_stopping_and_temperature_rows(tmp_path):
     assert stop["best_val_nll"] == min(validated.values())
     rows = [line.split(" | ")[0] for line in (out / "comparison.md").read_text().splitlines()[2:]]
     assert rows == ["| tiny/mle", "| tiny/mle + T", "| tiny/bslora", "| tiny/bslora + T"]
+
+
+def test_ensemble_early_stops_each_member_on_its_own(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    data = write_arc(tmp_path / "data", n=24)
+    run = tmp_path / "run"
+    assert main(["train", str(CONFIG), "--out", str(run), "--quiet", "--data-dir", str(data),
+                 "--set", f"model.name={model}", "--set", "method=ensemble",
+                 "--set", "method_options={members: 2}", "--set", "data.train.limit=null",
+                 "--set", "data.validation_fraction=0.25", "--set", "train.steps=6",
+                 "--set", "train.validate_every=2", "--set", "train.early_stopping=true"]) == 0
+    stops = rundir.read_metrics(run)["_run"]["early_stopping"]["members"]
+    log = rundir.read_jsonl(run / rundir.TRAIN_LOG)
+    assert len(stops) == 2
+    for k, stop in enumerate(stops):
+        validated = {r["step"]: r["val_nll"] for r in log if r["member"] == k and "val_nll" in r}
+        assert sorted(validated) == [2, 4, 6] and stop["steps_trained"] == 6
+        assert stop["best_val_nll"] == min(validated.values())
+        assert validated[stop["best_step"]] == stop["best_val_nll"]
+    assert "early stopping: member 1: weights of step" in (run / rundir.REPORT).read_text()

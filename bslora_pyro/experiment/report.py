@@ -88,10 +88,12 @@ def write_report(run_dir: Path, extra_sections: list[str] | None = None) -> Path
                      + (f"; expected active ranks {run['expected_active_ranks']:.1f}"
                         if "expected_active_ranks" in run else ""))
     if "early_stopping" in run:
-        stop = run["early_stopping"]
-        lines.append(f"- early stopping: weights of step {stop['best_step']} restored "
-                     f"(validation NLL {stop['best_val_nll']:.3f}; {stop['steps_trained']} "
-                     "steps trained)")
+        stops = run["early_stopping"]
+        for k, stop in enumerate(stops.get("members", [stops])):
+            who = f"member {k}: " if "members" in stops else ""
+            lines.append(f"- early stopping: {who}weights of step {stop['best_step']} restored "
+                         f"(validation NLL {stop['best_val_nll']:.3f}; {stop['steps_trained']} "
+                         "steps trained)")
     validation = metrics.get("_validation")
     if validation:
         lines.append(f"- validation split ({validation['n']} questions held out of training): "

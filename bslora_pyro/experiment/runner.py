@@ -53,18 +53,28 @@ def train_method(config: ExperimentConfig, method, train_examples, run_dir: Path
     if method.trains_itself:  # several members (deep ensemble), or part of the data
         if resume:
             raise ConfigError(f"--resume is not supported for method {config.method!r}")
-        if config.train.validate_every:
+        on_step = _log_step(run_dir, config, method, tracker)
+        if not config.train.validate_every:
+            method.fit(train_examples, method.scorer.encode, config.train, progress=progress,
+                       on_step=on_step)
+            return {}
+        if not getattr(method, "validates_members", False):
             raise ConfigError(f"train.validate_every is not supported for method "
-                              f"{config.method!r} (it trains its own members)")
-        method.fit(train_examples, method.scorer.encode, config.train, progress=progress,
-                   on_step=_log_step(run_dir, config, method, tracker))
-        return {}
+                              f"{config.method!r} (it trains on its own split)")
+
+        def monitor(member, index: int):
+            folder = run_dir / rundir.EARLY_STOPPING / f"member{index}"
+            return _validation_monitor(config, member, validation or [], folder)
+
+        return method.fit(train_examples, method.scorer.encode, config.train, progress=progress,
+                          on_step=on_step, monitor=monitor) or {}
     return _train_with_checkpoints(config, method, train_examples, run_dir, progress, resume,
                                    validation or [], tracker)
 
 
-def _validation_monitor(config: ExperimentConfig, method, validation: list, run_dir: Path):
-    """The ``on_step`` hook scoring ``validation`` with the method's predictive."""
+def _validation_monitor(config: ExperimentConfig, method, validation: list, folder: Path):
+    """The ``on_step`` hook scoring ``validation`` with ``method``'s predictive (the best
+    validated state is kept in ``folder``)."""
     from bslora_pyro.inference.early_stopping import ValidationMonitor
     from bslora_pyro.inference.predictive import predict
     from bslora_pyro.metrics import nll_from_log_probs
@@ -80,7 +90,7 @@ def _validation_monitor(config: ExperimentConfig, method, validation: list, run_
 
     train = config.train
     return ValidationMonitor(validation_nll, train.validate_every, train.early_stopping,
-                             train.patience, run_dir / rundir.EARLY_STOPPING)
+                             train.patience, folder)
 
 
 def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, run_dir: Path,
@@ -99,7 +109,8 @@ def _train_with_checkpoints(config: ExperimentConfig, method, train_examples, ru
                                     enabled=main and getattr(trainer, "supports_checkpoints", True))
     monitor = None
     if config.train.validate_every:
-        monitor = _validation_monitor(config, method, validation, run_dir)
+        monitor = _validation_monitor(config, method, validation,
+                                      run_dir / rundir.EARLY_STOPPING)
         if not main:
             monitor.folder = None  # every process validates (same decisions); main writes
     if resume:

@@ -79,9 +79,11 @@ def member_train_config(config, index: int, num_members: int):
     return dataclasses.replace(config, seed=config.seed * num_members + index)
 
 
-def _tagged(on_step: Callable | None, index: int) -> Callable:
+def _tagged(on_step: Callable | None, index: int, monitor: Callable | None = None) -> Callable:
     def hook(trainer, record: dict) -> None:
         record["member"] = index
+        if monitor is not None:
+            monitor(trainer, record)  # adds val_nll before the record is logged
         if on_step is not None:
             on_step(trainer, record)
 
@@ -92,6 +94,7 @@ class DeepEnsemble(PlainLora):
     """K :class:`EnsembleMember` s; train them with :meth:`fit`."""
 
     trains_itself = True
+    validates_members = True  # fit(..., monitor=...) validates and early-stops each member
 
     def __init__(self, backbone, scorer, adapter, num_members: int) -> None:
         super().__init__(backbone, scorer, adapter, name=NAME)
@@ -102,21 +105,31 @@ class DeepEnsemble(PlainLora):
 
     def fit(self, examples: Sequence, encode: Callable[[Sequence], object], config,
             progress: bool = True, on_step: Callable | None = None,
-            device: torch.device | str | None = None) -> list:
+            device: torch.device | str | None = None,
+            monitor: Callable | None = None) -> list | dict:
         """Train every member with its own :class:`SVITrainer`, one after the other.
 
         ``on_step(trainer, record)`` is called after each step; records carry ``member``.
-        ``device`` defaults to the parameters' device. Returns the K trainers.
+        ``device`` defaults to the parameters' device. ``monitor(member, k)`` builds a
+        :class:`~bslora_pyro.inference.early_stopping.ValidationMonitor` per member, which
+        validates that member alone and, with early stopping, restores its best validated
+        step: each member stops on its own. Returns the K trainers, or with ``monitor``
+        what early stopping did per member (``{"members": [...]}``).
         """
         from bslora_pyro.inference.svi import SVITrainer
 
         device = device or next(self.members[0].parameters()).device
-        trainers = []
+        trainers, stopped = [], []
         for k, member in enumerate(self.members):
             config_k = member_train_config(config, k, len(self.members))
             trainer = SVITrainer(member, encode, config_k, device)
-            trainer.fit(examples, progress=progress, on_step=_tagged(on_step, k))
+            watch = monitor(member, k) if monitor is not None else None
+            trainer.fit(examples, progress=progress, on_step=_tagged(on_step, k, watch))
+            if watch is not None and watch.early_stopping:
+                stopped.append(watch.restore_best(trainer))
             trainers.append(trainer)
+        if monitor is not None:
+            return {"members": stopped} if stopped else {}
         return trainers
 
     def training_loss(self, *args, **kwargs):
