@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -369,3 +371,38 @@ def test_bad_inputs_raise():
     batch = ChoiceScorer(tok, "letter").encode(EXAMPLES[:1])
     with pytest.raises(ScoringError, match="encoded"):
         ChoiceScorer(tok, "choice_loglik").logits(tiny_llama(), batch)
+
+
+def test_letter_mode_scores_the_answer_words_a_prompt_asks_for():
+    """BoolQ's prompt asks for True or False: those tokens are scored, not " A"/" B"."""
+    from bslora_pyro.data.example import MultipleChoiceExample
+    from bslora_pyro.data.tasks.boolq import BOOLQ
+
+    example = BOOLQ.parse_local({"question": "is it", "passage": "P", "answer": True}, "b0")
+    assert example.answer_words == ("True", "False")
+    scorer = ChoiceScorer(tiny_tokenizer(), "letter")
+    yes_no = MultipleChoiceExample("q", "is it", ("yes", "no"), 0, "Is it? Y or N:", (),
+                                   answer_words=("Y", "N"))
+    batch = scorer.encode([yes_no])
+    assert batch.letter_ids.tolist() == [scorer.letter_token_id("Y"), scorer.letter_token_id("N")]
+    plain = dataclasses.replace(yes_no, answer_words=None)
+    assert scorer.encode([plain]).letter_ids.tolist() == scorer.letter_token_ids(2)
+    with pytest.raises(ScoringError, match="mixes answer words"):
+        scorer.encode([yes_no, plain])
+
+
+def test_a_long_letter_prompt_is_cut_inside_its_passage_keeping_the_question():
+    from bslora_pyro.data.tasks.boolq import BOOLQ
+
+    passage = " ".join(f"word{i}" for i in range(200))
+    example = BOOLQ.parse_local({"question": "is the sky blue", "passage": passage,
+                                 "answer": True}, "b1")
+    example = dataclasses.replace(example, answer_words=("T", "F"))  # byte tokens here
+    tokenizer = tiny_tokenizer()
+    scorer = ChoiceScorer(tokenizer, "letter", max_length=120)
+    batch = scorer.encode([example])
+    ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    text = tokenizer.decode(ids)
+    assert len(ids) == 120
+    assert "Answer the question with only True or False: is the sky blue Context: word0" in text
+    assert text.endswith(".")  # the prompt's end stays too

@@ -11,7 +11,10 @@ class MultipleChoiceExample:
 
     ``context`` carries a passage (BoolQ). ``loglik_pairs`` holds, per choice, the
     ``(context, continuation)`` strings scored in ``choice_loglik`` mode; ``letter_prompt``
-    is the paper's prompt scored in ``letter`` mode.
+    is the paper's prompt scored in ``letter`` mode, at the tokens of ``answer_words``
+    (e.g. BoolQ's ``True``/``False``, which its prompt asks for) or, when ``None``, of the
+    letters ``A, B, ...``. A letter prompt too long for the scorer is cut inside its
+    ``context`` passage when it contains one, so that the question stays.
     """
 
     uid: str
@@ -21,6 +24,7 @@ class MultipleChoiceExample:
     letter_prompt: str
     loglik_pairs: tuple[tuple[str, str], ...]
     context: str | None = None
+    answer_words: tuple[str, ...] | None = None
 
     @property
     def num_choices(self) -> int:

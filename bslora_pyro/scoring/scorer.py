@@ -118,9 +118,11 @@ class ChoiceScorer:
             self._letter_ids[letter] = find_letter_id(self.tokenizer, letter)
         return self._letter_ids[letter]
 
-    def letter_token_ids(self, num_choices: int) -> list[int]:
-        """Token ids of the first ``num_choices`` answer letters."""
-        return [self.letter_token_id(letter) for letter in LETTERS[:num_choices]]
+    def letter_token_ids(self, num_choices: int, words: tuple[str, ...] | None = None
+                         ) -> list[int]:
+        """Token ids of the first ``num_choices`` answer letters, or of the answer ``words``
+        (each a single token, ``" word"`` preferred)."""
+        return [self.letter_token_id(word) for word in words or LETTERS[:num_choices]]
 
     # ------------------------------------------------------------------ encoding
 

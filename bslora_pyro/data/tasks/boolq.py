@@ -36,6 +36,7 @@ def _boolq(row: Row, uid: str) -> MultipleChoiceExample:
         letter_prompt=boolq_letter_prompt(question, passage),
         loglik_pairs=boolq_loglik_pairs(question, passage),
         context=passage,
+        answer_words=BOOLQ_CHOICES,  # the prompt asks for True or False, not a letter
     )
 
 

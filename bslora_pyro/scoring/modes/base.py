@@ -24,7 +24,8 @@ class EncodingSettings(Protocol):
     @property
     def padding_side(self) -> str: ...
 
-    def letter_token_ids(self, num_choices: int) -> list[int]: ...
+    def letter_token_ids(self, num_choices: int, words: tuple[str, ...] | None = None
+                         ) -> list[int]: ...
 
 
 class ScoringMode:

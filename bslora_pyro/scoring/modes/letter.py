@@ -31,6 +31,25 @@ def find_letter_id(tokenizer: Any, letter: str) -> int:
     )
 
 
+def _fit(scorer: EncodingSettings, ex: MultipleChoiceExample, ids: list[int],
+         bos: int | None) -> list[int]:
+    """``ids`` of the prompt cut to ``max_length``: inside its passage (``ex.context``,
+    keeping the passage's start) when it has one, so that the instruction and the question
+    stay; else from the left."""
+    if len(ids) <= scorer.max_length:
+        return ids
+    passage = ex.context
+    if passage and ex.letter_prompt.count(passage) == 1:
+        before, after = ex.letter_prompt.split(passage)
+        parts = [list(scorer.tokenizer(text, add_special_tokens=False)["input_ids"])
+                 for text in (before, passage, after)]
+        special = ids[:1] if bos is not None and ids and ids[0] == bos else []
+        room = scorer.max_length - len(special) - len(parts[0]) - len(parts[2])
+        if room > 0:
+            return special + parts[0] + parts[1][:room] + parts[2]
+    return tokens.truncate_left(ids, scorer.max_length, bos)
+
+
 class LetterMode(ScoringMode):
     name = "letter"
 
@@ -40,12 +59,16 @@ class LetterMode(ScoringMode):
 
     def encode(self, scorer: EncodingSettings, examples: list[MultipleChoiceExample]) -> EncodedBatch:
         num_choices, labels, choice_mask = tokens.common(examples)
-        letter_ids = torch.tensor(scorer.letter_token_ids(num_choices), dtype=torch.long)
+        words = {ex.answer_words for ex in examples}
+        if len(words) > 1:
+            raise ScoringError(f"a batch mixes answer words {sorted(map(str, words))}")
+        letter_ids = torch.tensor(scorer.letter_token_ids(num_choices, words.pop()),
+                                  dtype=torch.long)
         prompts = [ex.letter_prompt for ex in examples]
         bos = getattr(scorer.tokenizer, "bos_token_id", None)
         seqs = [
-            tokens.truncate_left(list(ids), scorer.max_length, bos)
-            for ids in scorer.tokenizer(prompts)["input_ids"]
+            _fit(scorer, ex, list(ids), bos)
+            for ex, ids in zip(examples, scorer.tokenizer(prompts)["input_ids"], strict=True)
         ]
         for ex, seq in zip(examples, seqs, strict=True):
             if not seq:
