@@ -21,6 +21,7 @@ REPORT = "report.md"
 VALIDATION_PREDICTIONS = "validation_predictions.jsonl"  # the held-out split's predictions
 EARLY_STOPPING = "early_stopping"  # the best validated state (train.early_stopping)
 TEMPERED = "_posthoc_temperature"  # metrics.json key: every set under the validation T
+GATE_POSTERIOR = "gate_posterior.json"  # q(z_j = 1) and the prior's P(z_j = 1) per module
 
 
 def safe_name(label: str) -> str:
@@ -118,6 +119,30 @@ def read_predictions(path: Path) -> Predictions:
         preds.logit_gaussian = LogitGaussian(logit_mean, logit_cov, first["logit_draws"],
                                              first["logit_seed"])
     return preds
+
+
+def write_gate_posterior(run_dir: Path, method) -> Path | None:
+    """``gate_posterior.json``: the trained posterior's q(z_j = 1) and the prior's
+    P(z_j = 1) per module (the first under an amortized guide is at the mean training
+    input); ``None`` for a method without gates."""
+    posterior = method.gate_probabilities()
+    if posterior is None:
+        return None
+    prior = method.prior.prior_inclusion_probs()
+    data = {"posterior": {m: [float(q) for q in p.flatten()] for m, p in posterior.items()},
+            "prior": {m: [float(q) for q in prior[m].flatten()] for m in posterior}}
+    path = run_dir / GATE_POSTERIOR
+    atomic_write_text(path, json.dumps(data, indent=1))
+    return path
+
+
+def read_gate_posterior(run_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """The ``posterior`` and ``prior`` inclusion probabilities of a run with gates."""
+    path = Path(run_dir) / GATE_POSTERIOR
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {GATE_POSTERIOR}: is it a finished run of "
+                                "a method with gates (bslora)?")
+    return json.loads(path.read_text())
 
 
 def read_metrics(run_dir: Path) -> dict:

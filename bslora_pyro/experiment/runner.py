@@ -189,6 +189,7 @@ def run_experiment(
         return {}
     method.fit_posthoc(train_examples, scorer.encode)
     save_method(method, run_dir)
+    rundir.write_gate_posterior(run_dir, method)
     validation_summary, temperature = validate_and_calibrate(config, method, validation, run_dir,
                                                              progress)
     results, tempered = evaluate_sets(config, method, config.data.eval, run_dir,

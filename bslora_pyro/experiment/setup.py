@@ -99,8 +99,11 @@ def lowest_adapted_block(config: ExperimentConfig, backbone) -> int | None:
 def build_method(config: ExperimentConfig, backbone, scorer):
     from bslora_pyro.methods import build_method as build
 
+    # "{seed}" in a string option is the run's seed (e.g. random_mask's match_run of a grid)
+    options = {k: v.replace("{seed}", str(config.seed)) if isinstance(v, str) else v
+               for k, v in config.method_options.items()}
     try:
-        method = build(config.method, backbone, scorer, config.adapter, config.method_options)
+        method = build(config.method, backbone, scorer, config.adapter, options)
     except TypeError as error:  # an unknown keyword in method_options (guide, prior_kwargs)
         raise ConfigError(f"method_options of method {config.method!r}: {error}") from None
     if isinstance(method, torch.nn.Module):
