@@ -66,9 +66,14 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 def _analyze(args: argparse.Namespace) -> None:
     from bslora_pyro.analysis import analyze_run
+    from bslora_pyro.analysis.dropout import dropout_distance, verdict
+    from bslora_pyro.experiment import rundir
 
-    for path in analyze_run(args.run_dir):
+    controls = [Path(c) for c in args.control]
+    for path in analyze_run(args.run_dir, controls=controls):
         print(path)
+    if (Path(args.run_dir) / rundir.GATE_POSTERIOR).is_file():
+        print(verdict(dropout_distance(rundir.read_gate_posterior(Path(args.run_dir)))))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="ArviZ data and plots of a run's gate posterior")
     analyze.add_argument("run_dir")
+    analyze.add_argument("--control", action="append", default=[], metavar="RUN_DIR",
+                         help="a matched random-dropout run (random_mask with match_run) to "
+                              "compare with; repeat for several seeds")
     analyze.set_defaults(func=_analyze)
     return parser
 

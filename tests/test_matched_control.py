@@ -5,6 +5,7 @@ method, and a grid's "{seed}" placeholder."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 
@@ -94,3 +95,27 @@ def test_a_grid_matches_each_seed_to_its_own_learned_run(tmp_path):
                             / "method.json").read_text())
         keep = saved["options"]["keep_probabilities"]
         assert keep == pytest.approx({m: statistics.fmean(v) for m, v in learned.items()})
+    learned_run = out / "bslora" / "seed0"
+    assert main(["analyze", str(learned_run), "--control", str(out / "random_mask" / "seed0"),
+                 "--control", str(out / "random_mask" / "seed1")]) == 0
+    report = (learned_run / rundir.REPORT).read_text()
+    assert "## Learned posterior vs random rank dropout" in report
+    assert "Against 2 matched random-dropout run(s)" in report
+
+
+def test_dropout_distance_is_zero_exactly_for_random_dropout():
+    from bslora_pyro.analysis.dropout import bernoulli_kl, dropout_distance, verdict
+
+    flat = {"posterior": {"a": [0.3] * 4, "b": [0.7] * 2}, "prior": {"a": [0.5] * 4,
+                                                                   "b": [0.5] * 2}}
+    table = dropout_distance(flat)
+    assert table["kl_to_dropout"].abs().max() < 1e-12
+    assert "random rank dropout at its own sparsity" in verdict(table)
+    spread = {"posterior": {"a": [0.99, 0.99, 0.01, 0.01]}, "prior": {"a": [0.5] * 4}}
+    table = dropout_distance(spread)
+    total = table[table["module"] == "total"].iloc[0]
+    assert total["keep"] == pytest.approx(0.5) and total["decided"] == 4
+    expected = 4 * (0.99 * math.log(0.99 / 0.5) + 0.01 * math.log(0.01 / 0.5))
+    assert total["kl_to_dropout"] == pytest.approx(expected)
+    assert float(bernoulli_kl(1.0, 0.5)) == pytest.approx(math.log(2))
+    assert "prefers some ranks" in verdict(table)

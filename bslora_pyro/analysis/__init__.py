@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bslora_pyro.analysis import plots, summary
+from bslora_pyro.analysis.dropout import dropout_section
 from bslora_pyro.analysis.inference_data import (
     POSTERIOR_FILE,
     build_inference_data,
@@ -37,8 +38,11 @@ def _save(fig, path: Path, written: list[Path]) -> Path | None:
     return path
 
 
-def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = None) -> list[Path]:
-    """Write the posterior analysis files of a run directory; return their paths."""
+def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = None,
+                controls: list[Path] | None = None) -> list[Path]:
+    """Write the posterior analysis files of a run directory; return their paths. A run
+    with gates also gets the comparison with random rank dropout at its sparsity, against
+    the matched random-dropout runs ``controls`` when given."""
     from bslora_pyro.experiment import rundir
     from bslora_pyro.experiment.report import ANALYSIS_SECTIONS, write_report
     from bslora_pyro.experiment.setup import load_trained_method, read_run_config
@@ -64,6 +68,8 @@ def analyze_run(run_dir: str | Path, num_draws: int = 2000, seed: int | None = N
         saved = {alt: _save(fig, run_dir / GATE_FIGURES[alt], written)
                  for alt, fig in figures.items()}
         sections = [summary.gate_section(idata, saved)]
+        if (run_dir / rundir.GATE_POSTERIOR).is_file():
+            sections.append(dropout_section(run_dir, controls))
     else:
         for name in GATE_FILES:
             (run_dir / name).unlink(missing_ok=True)
