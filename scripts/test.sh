@@ -9,7 +9,7 @@ if [ -z "${BSLORA_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check bslora_pyro tests benchmarks experiments scripts docs
-SITE=$(mktemp -d)
-.venv/bin/mkdocs build --strict --quiet --site-dir "$SITE"
+SITE=$(mktemp -d)  # built to check it, then removed
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$SITE"
 rm -rf "$SITE"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
