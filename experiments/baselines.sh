@@ -3,8 +3,8 @@
 # ARC-Easy training questions, top 4 blocks + lm_head, 225 steps, three seeds; ARC-Easy dev
 # in distribution, ARC-Challenge dev as the shift. Writes runs/baselines/comparison.md
 # (mean ± std over seeds, best per column in bold). 1 h 42 min on a 2-core CPU.
-# The quick start adapts the top 8 blocks since 2026-12-04; this grid keeps the 4 its README
-# table was measured on. Started again, it keeps finished runs and resumes unfinished ones
+# The quick start adapts the top 8 blocks; this grid keeps the 4 that the table in
+# docs/results/quickstart-baselines.md was measured on. Started again, it keeps finished runs and resumes unfinished ones
 # (--rerun redoes all). Extra arguments go to `bslora grid` (e.g. --seeds 0 or
 # --set train.steps=100; a later --set 'adapter.layers="-8:"' gives the quick start's).
 set -euo pipefail

@@ -238,14 +238,21 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_notebook_executes(run_dir, analyzed, tmp_path, monkeypatch):
+    """Started from ``notebooks/`` without ``BSLORA_RUN_DIR``, the notebook reads its default
+    run folder: where the quick start writes its Bayesian sparse LoRA run."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     _use_this_python_kernel(tmp_path, monkeypatch)
-    monkeypatch.setenv("BSLORA_RUN_DIR", str(run_dir))
+    monkeypatch.delenv("BSLORA_RUN_DIR", raising=False)
+    checkout = tmp_path / "checkout"
+    shutil.copytree(run_dir, checkout / "runs" / "quickstart" / "bslora" / "seed0")
+    (checkout / "notebooks").mkdir()
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+                                     resources={"metadata": {"path": str(checkout / "notebooks")}})
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    assert any("runs/quickstart/bslora/seed0: method bslora" in o.get("text", "")
+               for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4

@@ -87,11 +87,13 @@ class _LossModule(nn.Module):
         super().__init__()
         self.method = method
         self.elbo = elbo
+        self.variational = True  # the last forward had latent sites (a KL term)
 
     def forward(self, batch, index, num_data: int, num_draws: int, per_example: bool):
         terms = self.method.training_loss(
             batch, index, num_data, num_draws, per_example, elbo=self.elbo
         )
+        self.variational = bool(terms.kl_by_site)
         return terms.loss, terms.nll, terms.kl
 
 
@@ -142,7 +144,7 @@ class AccelerateTrainer(SVITrainer):
         shard(torch.arange(config.batch_size), 0, self.processes, config.grad_accumulation_steps)
         fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         self.supports_checkpoints = not fsdp
-        module = _LossModule(method, self.elbo)
+        module = self._loss_module = _LossModule(method, self.elbo)
         if self.processes > 1 and not fsdp:
             _ignore_frozen(module)
         self.module, self.prepared_optimizer = self.accelerator.prepare(
@@ -208,6 +210,7 @@ class AccelerateTrainer(SVITrainer):
         if not all(torch.isfinite(p.detach()).all() for p in self.parameters()):
             raise TrainingError(f"parameters are not finite after step {self.step + 1}")
         loss, nll, kl = totals.tolist()
+        self.variational = self._loss_module.variational
         record = {
             "step": self.step + 1,
             "loss": loss,

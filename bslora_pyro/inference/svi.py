@@ -129,9 +129,12 @@ def clip_threshold(config: TrainConfig, num_data: int) -> float:
     return config.grad_clip * num_data if config.grad_clip > 0 else math.inf
 
 
-def progress_fields(record: dict) -> dict[str, str]:
-    """What the progress bar shows: ELBO, NLL per example, KL, expected active ranks."""
-    fields = {"elbo": f"{-record['loss']:.1f}", "nll": f"{record['nll']:.3f}"}
+def progress_fields(record: dict, variational: bool = True) -> dict[str, str]:
+    """What the progress bar shows: the ELBO (``variational``: the method has latent
+    variables) or else the loss, NLL per example, KL, expected active ranks."""
+    objective = {"elbo": -record["loss"]} if variational else {"loss": record["loss"]}
+    fields = {key: f"{value:.1f}" for key, value in objective.items()}
+    fields["nll"] = f"{record['nll']:.3f}"
     if record.get("kl"):
         fields["kl"] = f"{record['kl']:.2f}"
     if "active_ranks" in record:
@@ -168,6 +171,7 @@ class SVITrainer:
         )
         self.step = 0
         self.history: list[dict] = []
+        self.variational = True  # the method has latent sites (a KL term); set every step
         self.stop_requested = False  # set by an ``on_step`` hook to end training early
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -194,6 +198,7 @@ class SVITrainer:
                 f"loss is {terms.loss.item()} at step {self.step + 1} (nll={terms.nll.item()}, "
                 f"kl={terms.kl.item()}); lower the learning rates or check the data"
             )
+        self.variational = bool(terms.kl_by_site)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         max_norm = clip_threshold(config, len(examples))
@@ -245,6 +250,6 @@ class SVITrainer:
             if on_step is not None:
                 on_step(self, record)
             bar.update(1)
-            bar.set_postfix(progress_fields(record))
+            bar.set_postfix(progress_fields(record, self.variational))
         bar.close()
         return self.history

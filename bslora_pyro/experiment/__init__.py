@@ -1,0 +1,1 @@
+"""Experiments: typed configs, runs and run folders, grids, reports and comparisons."""
