@@ -50,6 +50,26 @@ def test_runner_holds_out_validation_and_refuses_evaluating_on_the_training_spli
         load_training_data(leaky)
 
 
+def test_a_validation_set_of_its_own(tmp_path):
+    """data.validation: the same questions whatever the training set's size; never the
+    training or an evaluation split."""
+    data = write_arc(tmp_path / "data", n=20)
+    own = ["data.validation={task: arc_challenge, split: dev, limit: 6}",
+           "data.eval=[{task: arc_easy, split: dev}]"]
+    config = load_config(CONFIG, own, str(data))
+    train, validation = load_training_data(config)
+    assert len(train) == 16 and len(validation) == 6
+    assert load_config(CONFIG, [*own, "train.validate_every=2"], str(data)).data.has_validation
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(CONFIG, [*own, "data.validation_fraction=0.2"])
+    leaky = load_config(CONFIG, ["data.validation={task: arc_easy, split: train}"], str(data))
+    with pytest.raises(ConfigError, match="data.validation arc_easy:train is the training split"):
+        load_training_data(leaky)
+    evaluated = load_config(CONFIG, ["data.validation={task: arc_easy, split: dev}"], str(data))
+    with pytest.raises(ConfigError, match="arc_easy:dev is the validation split"):
+        load_training_data(evaluated)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("predict.posthoc_temperature=true", "predict.posthoc_temperature needs a validation split"),
     ("train.validate_every=2", "train.validate_every needs a validation split"),

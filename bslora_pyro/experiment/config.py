@@ -125,10 +125,11 @@ class DataConfig:
     """Training split and evaluation splits (the first is in-distribution; the rest are
     distribution shifts scored for OOD detection against it).
 
-    ``validation_fraction`` of the training split (a permutation seeded with
-    ``validation_seed``, the same for every method and seed) is held out as the validation
-    split: early stopping, post-hoc temperatures and every tuned setting are chosen on it,
-    never on an evaluation set. 0 (default) holds nothing out.
+    The validation split, on which early stopping, post-hoc temperatures and every tuned
+    setting are chosen (never on an evaluation set), is either ``validation_fraction`` of
+    the training split (a permutation seeded with ``validation_seed``, the same for every
+    method and seed) or a set of its own, ``validation`` (e.g. a task's dev split: the same
+    questions whatever the training set's size). Neither (default): no validation split.
     """
 
     dir: str | None = None
@@ -138,6 +139,7 @@ class DataConfig:
     )
     validation_fraction: float = 0.0
     validation_seed: int = 0
+    validation: SplitConfig | None = field(default=None, metadata=_ADDED)
 
     def __post_init__(self) -> None:
         if not self.eval:
@@ -150,6 +152,14 @@ class DataConfig:
             raise ConfigError(
                 f"data.validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
             )
+        if self.validation is not None and self.validation_fraction > 0:
+            raise ConfigError("give data.validation (a set of its own) or "
+                              "data.validation_fraction (part of the training split), not both")
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether a validation split is configured."""
+        return self.validation is not None or self.validation_fraction > 0
 
 
 @dataclass
@@ -200,9 +210,10 @@ class ExperimentConfig:
             ("train.validate_every", self.train.validate_every > 0),
             ("predict.posthoc_temperature", self.predict.posthoc_temperature),
         ) if on]
-        if needs_validation and self.data.validation_fraction <= 0:
+        if needs_validation and not self.data.has_validation:
             raise ConfigError(
-                f"{needs_validation[0]} needs a validation split: set data.validation_fraction"
+                f"{needs_validation[0]} needs a validation split: set data.validation_fraction "
+                "or data.validation"
             )
 
     def to_dict(self) -> dict:

@@ -145,7 +145,8 @@ def recalibrate_run(run_dir: str | Path, progress: bool = True) -> dict:
     else:
         _, validation = load_training_data(config)
         if not validation:
-            raise ConfigError(f"{run_dir} was trained without data.validation_fraction")
+            raise ConfigError(f"{run_dir} was trained without a validation split "
+                              "(data.validation_fraction or data.validation)")
         seed_everything(config.seed)
         preds = predict_split(config, load_trained_method(run_dir, config), validation, progress)
         rundir.write_predictions(run_dir, "validation", [e.uid for e in validation], preds, path)

@@ -41,8 +41,9 @@ def load_split(split: SplitConfig, data_dir: str | None) -> list:
 
 
 def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
-    """``(train, validation)``: the training split, less the seeded validation part
-    (``data.validation_fraction``; empty when 0); an evaluation set drawn from the training
+    """``(train, validation)``: the training split and the validation split, which is
+    ``data.validation`` or the seeded ``data.validation_fraction`` of the training split
+    (empty when neither is set). An evaluation or validation set drawn from the training
     split itself is refused, so no evaluation question is trained or validated on."""
     from bslora_pyro.data import DataError
     from bslora_pyro.data.validation import split_validation
@@ -52,18 +53,29 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
         raise DataError(f"data.train {config.data.train.label} has no examples "
                         f"(limit={config.data.train.limit})")
     validation: list = []
-    if config.data.validation_fraction > 0:
+    if config.data.validation is not None:
+        split = config.data.validation
+        if split.source == config.data.train.source:
+            raise ConfigError(f"data.validation {split.label} is the training split; use "
+                              "another split or data.validation_fraction")
+        validation = load_split(split, config.data.dir)
+        if not validation:
+            raise DataError(f"data.validation {split.label} has no examples "
+                            f"(limit={split.limit})")
+    elif config.data.validation_fraction > 0:
         try:
             train, validation = split_validation(train, config.data.validation_fraction,
                                                  config.data.validation_seed)
         except ValueError as error:
             raise ConfigError(f"data.validation_fraction: {error}") from None
     for split in config.data.eval:  # fail on a bad eval set before spending time training
-        if split.source == config.data.train.source:
-            raise ConfigError(
-                f"data.eval {split.label} is the training split; evaluate on another split "
-                "(tuned settings use data.validation_fraction)"
-            )
+        for role, other in (("training", config.data.train), ("validation",
+                                                              config.data.validation)):
+            if other is not None and split.source == other.source:
+                raise ConfigError(
+                    f"data.eval {split.label} is the {role} split; evaluate on another split "
+                    "(tuned settings use data.validation_fraction or data.validation)"
+                )
         probe = 1 if split.limit is None else min(split.limit, 1)
         if not load_split(dataclasses.replace(split, limit=probe), config.data.dir):
             raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
