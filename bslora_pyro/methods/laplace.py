@@ -42,6 +42,7 @@ from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 from bslora_pyro.persistence import copy_tensors
+from bslora_pyro.typed import NonNegativeFloat, PositiveFloat
 
 NAME = "laplace"
 SUBSETS = ("all", "last_layer")
@@ -55,8 +56,8 @@ class LaplaceOptions(MethodOptions):
     ``predictive`` ("linearised" or "sample")."""
 
     subset: str = "all"
-    prior_precision: float | None = None
-    weight_decay: float | None = None
+    prior_precision: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
     predictive: str = "linearised"
 
     def check(self, adapter: AdapterConfig | None) -> None:
@@ -65,10 +66,6 @@ class LaplaceOptions(MethodOptions):
         if self.predictive not in PREDICTIVES:
             raise MethodError(
                 f"laplace.predictive must be one of {PREDICTIVES}, got {self.predictive!r}"
-            )
-        if self.prior_precision is not None and not self.prior_precision > 0:
-            raise MethodError(
-                f"laplace.prior_precision must be positive, got {self.prior_precision!r}"
             )
 
 

@@ -16,6 +16,7 @@ import torch
 from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.typed import NonNegativeInt
 
 NAME = "random_mask"
 
@@ -24,7 +25,7 @@ NAME = "random_mask"
 class RandomMaskOptions(MethodOptions):
     """``num_masked`` K, 0 <= K < r (default, or ``None``: r // 2)."""
 
-    num_masked: int | None = None
+    num_masked: NonNegativeInt | None = None
 
     def check(self, adapter: AdapterConfig | None) -> None:
         if adapter is None:
@@ -32,8 +33,8 @@ class RandomMaskOptions(MethodOptions):
         if self.num_masked is None:
             self.num_masked = adapter.r // 2
         if not 0 <= self.num_masked < adapter.r:
-            raise MethodError(f"random_mask.num_masked must be an integer in [0, {adapter.r}), "
-                              f"got {self.num_masked!r}")
+            raise MethodError(f"method {NAME!r}: method_options.num_masked must be an integer "
+                              f"in [0, {adapter.r}) (adapter.r), got {self.num_masked!r}")
 
 
 OPTIONS = RandomMaskOptions
