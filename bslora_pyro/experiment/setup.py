@@ -3,7 +3,6 @@ finished run read back (its config, its trained method)."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
@@ -43,7 +42,8 @@ def load_split(split: SplitConfig, data_dir: str | None) -> list:
 def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     """``(train, validation)``: the training split, less the seeded validation part
     (``data.validation_fraction``; empty when 0); an evaluation set drawn from the training
-    split itself is refused, so no evaluation question is trained or validated on."""
+    split itself is refused, so no evaluation question is trained or validated on (the
+    evaluation sets are read by :func:`load_eval_data`)."""
     from bslora_pyro.data import DataError
     from bslora_pyro.data.validation import split_validation
 
@@ -58,16 +58,29 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
                                                  config.data.validation_seed)
         except ValueError as error:
             raise ConfigError(f"data.validation_fraction: {error}") from None
-    for split in config.data.eval:  # fail on a bad eval set before spending time training
+    for split in config.data.eval:
         if split.source == config.data.train.source:
             raise ConfigError(
                 f"data.eval {split.label} is the training split; evaluate on another split "
                 "(tuned settings use data.validation_fraction)"
             )
-        probe = 1 if split.limit is None else min(split.limit, 1)
-        if not load_split(dataclasses.replace(split, limit=probe), config.data.dir):
-            raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
     return train, validation
+
+
+def load_eval_set(split: SplitConfig, data_dir: str | None, where: str) -> list:
+    """One evaluation set read in full, so a bad row fails now rather than after the
+    backbone has loaded and the method trained; an empty set is an error naming ``where``."""
+    from bslora_pyro.data import DataError
+
+    examples = load_split(split, data_dir)
+    if not examples:
+        raise DataError(f"{where} {split.label} has no examples (limit={split.limit})")
+    return examples
+
+
+def load_eval_data(config: ExperimentConfig) -> list[list]:
+    """The examples of every ``data.eval`` set, in order (see :func:`load_eval_set`)."""
+    return [load_eval_set(split, config.data.dir, "data.eval") for split in config.data.eval]
 
 
 def build_scorer_and_backbone(config: ExperimentConfig):
