@@ -44,8 +44,8 @@ RANGES: dict[str, tuple[str, Range]] = {
     "model.max_length": POS_INT,
     "data.train.limit": POS_INT, "data.validation_fraction": UNIT, "data.validation_seed": SEED,
     "adapter.r": POS_INT, "adapter.alpha": POS, "adapter.dropout": UNIT,
-    "train.steps": POS_INT, "train.batch_size": POS_INT, "train.lr_factors": POS,
-    "train.lr_gates": POS, "train.weight_decay": NONNEG, "train.warmup_ratio": UNIT,
+    "train.steps": POS_INT, "train.batch_size": POS_INT, "train.lr_factors": NONNEG,
+    "train.lr_gates": NONNEG, "train.weight_decay": NONNEG, "train.warmup_ratio": UNIT,
     "train.num_particles": POS_INT, "train.grad_clip": NONNEG, "train.kl_weight": NONNEG,
     "train.seed": SEED, "train.grad_accumulation_steps": POS_INT,
     "train.validate_every": NONNEG_INT, "train.patience": NONNEG_INT,
@@ -338,7 +338,7 @@ def test_evaluate_flags_are_checked_as_their_config_keys(tiny, flag, data):
 
 
 def test_the_reported_cases_are_one_line_errors_naming_the_key(tiny):
-    refused(tiny, ["train.lr_factors=-1"], "train.lr_factors must be a positive number, got -1")
+    refused(tiny, ["train.lr_factors=-1"], "train.lr_factors must be a non-negative number, got -1")
     code, err = cli(["evaluate", str(tiny["run"]), "--task", "arc_easy", "--num-samples", "0",
                      "--data-dir", str(tiny["data"]), "--quiet"])
     assert code == 2 and err.strip() == ("bslora evaluate: error: --num-samples "

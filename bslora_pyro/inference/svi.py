@@ -19,7 +19,6 @@ from bslora_pyro.inference.elbo import ExactELBO
 from bslora_pyro.typed import (
     NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     Seed,
     UnitFloat,
@@ -39,7 +38,7 @@ class TrainConfig:
         steps: optimizer steps.
         batch_size: questions per step.
         lr_factors / lr_gates: AdamW learning rates of LoRA factors (and heads) and of the
-            variational gate parameters.
+            variational gate parameters (0 freezes them).
         weight_decay: AdamW weight decay on the factors (MAP uses 1e-5).
         warmup_ratio: share of steps with a linear warm-up; linear decay to 0 after.
         num_particles: S gate draws per step, run as one batched forward (the
@@ -62,8 +61,8 @@ class TrainConfig:
 
     steps: PositiveInt = 200
     batch_size: PositiveInt = 8
-    lr_factors: PositiveFloat = 1e-4
-    lr_gates: PositiveFloat = 1e-2
+    lr_factors: NonNegativeFloat = 1e-4
+    lr_gates: NonNegativeFloat = 1e-2
     weight_decay: NonNegativeFloat = 0.0
     warmup_ratio: UnitFloat = 0.06
     num_particles: PositiveInt = 1
