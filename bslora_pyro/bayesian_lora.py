@@ -33,7 +33,7 @@ from bslora_pyro.adapter import AdapterConfig, GatedLoraLinear, inject_gated_lor
 from bslora_pyro.adapter.factor_prior import check_factor_prior_std, observe_factor_prior
 from bslora_pyro.adapter.inject import adapter_parameters
 from bslora_pyro.inference.elbo import ExactELBO
-from bslora_pyro.models import GatePrior, build_guide, get_prior
+from bslora_pyro.models import GatePrior, build_guide, check_prior_kwargs, get_prior
 from bslora_pyro.models.guides import guide_spec
 from bslora_pyro.persistence import POSTERIOR_WEIGHTS, load_posterior_state, read_posterior_config
 
@@ -90,7 +90,7 @@ class BayesianLora(nn.Module):
         self.adapters: dict[str, GatedLoraLinear] = inject_gated_lora(backbone, self.adapter_config)
         prior_cls = get_prior(prior) if isinstance(prior, str) else prior
         ranks = {name: layer.r for name, layer in self.adapters.items()}
-        self.prior = prior_cls(ranks, **(prior_kwargs or {}))
+        self.prior = prior_cls(ranks, **check_prior_kwargs(prior_cls, prior_kwargs))
         feature_size = getattr(getattr(backbone, "config", None), "hidden_size", None)
         self.gate_guide = build_guide(guide, self.prior, feature_size=feature_size)
         device = next(backbone.parameters()).device

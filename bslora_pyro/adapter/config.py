@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from bslora_pyro.typed import PositiveFloat, PositiveInt, UnitFloat, check_ranges
+
 
 class AdapterConfigError(ValueError):
     """An adapter setting that cannot be applied to the model."""
@@ -26,20 +28,15 @@ class AdapterConfig:
             last path component, e.g. ``["classifier"]``.
     """
 
-    r: int = 8
-    alpha: float = 16.0
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
     layers: list[int] | str | None = None
-    dropout: float = 0.0
+    dropout: UnitFloat = 0.0
     trainable_modules: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise AdapterConfigError(f"adapter.r must be a positive integer, got {self.r!r}")
-        if not self.alpha > 0:
-            raise AdapterConfigError(f"adapter.alpha must be positive, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise AdapterConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout!r}")
+        check_ranges(self, "adapter", AdapterConfigError)
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         if not self.target_modules:

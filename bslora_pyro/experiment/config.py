@@ -1,4 +1,5 @@
-"""Typed experiment configuration read from YAML; unknown keys are one-line errors."""
+"""Typed experiment configuration read from YAML; an unknown key, a value of the wrong type
+or outside its declared range (``bslora_pyro.typed``) is a one-line error naming it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from bslora_pyro.experiment.tracking import TrackingConfig
 from bslora_pyro.inference.svi import TrainConfig
 from bslora_pyro.methods import MethodError, check_options
 from bslora_pyro.scoring.modes import MODES as SCORING_NAMES
-from bslora_pyro.typed import ConfigError, build_dataclass
+from bslora_pyro.typed import (
+    ConfigError,
+    NonNegativeInt,
+    PositiveInt,
+    Seed,
+    UnitFloat,
+    build_dataclass,
+    check_ranges,
+)
 
 
 @dataclass
@@ -32,11 +41,12 @@ class ModelConfig:
     scoring: str = "choice_loglik"
     dtype: str = "float32"
     device: str = "auto"
-    max_length: int = 300
+    max_length: PositiveInt = 300
     trust_remote_code: bool = False
     quantization: str | None = None  # null | 4bit | 8bit (bitsandbytes, CUDA only)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ConfigError(
                 f"model.quantization must be null, 4bit or 8bit, got {self.quantization!r}"
@@ -69,7 +79,7 @@ class SplitConfig:
 
     task: str | None = None
     split: str | None = None
-    limit: int | None = None
+    limit: PositiveInt | None = None
     path: str | None = field(default=None, metadata=_ADDED)
     format: str | None = field(default=None, metadata=_ADDED)
     hub_config: str | None = field(default=None, metadata=_ADDED)
@@ -83,6 +93,7 @@ class SplitConfig:
     id: str | None = field(default=None, metadata=_ADDED)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "split")
         if self.path is None:
             given = [key for key in CUSTOM_KEYS if getattr(self, key) is not None]
             if given:
@@ -137,21 +148,18 @@ class DataConfig:
     eval: list[SplitConfig] = field(
         default_factory=lambda: [SplitConfig("arc_easy", "dev", 300)]
     )
-    validation_fraction: float = 0.0
-    validation_seed: int = 0
+    validation_fraction: UnitFloat = 0.0
+    validation_seed: Seed = 0
     validation: SplitConfig | None = field(default=None, metadata=_ADDED)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "data")
         if not self.eval:
             raise ConfigError("data.eval must list at least one evaluation split")
         labels = [split.label for split in self.eval]
         for split, label in zip(self.eval, labels, strict=True):
             if split.path is not None and labels.count(label) > 1:
                 raise ConfigError(f"data.eval: two sets are labelled {label!r}; set name on one")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConfigError(
-                f"data.validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
-            )
         if self.validation is not None and self.validation_fraction > 0:
             raise ConfigError("give data.validation (a set of its own) or "
                               "data.validation_fraction (part of the training split), not both")
@@ -172,15 +180,12 @@ class PredictConfig:
     draw's logits divided by T, then averaged): the ``<method> + T`` rows of comparisons.
     """
 
-    num_samples: int = 10
-    batch_size: int = 8
+    num_samples: PositiveInt = 10
+    batch_size: PositiveInt = 8
     posthoc_temperature: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("num_samples", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"predict.{key} must be a positive integer, got {value!r}")
+        check_ranges(self, "predict")
 
 
 @dataclass
@@ -189,7 +194,7 @@ class ExperimentConfig:
     here against the method's options dataclass, ``bslora_pyro.methods``)."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: Seed = 0
     method: str = "bslora"
     method_options: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -197,11 +202,12 @@ class ExperimentConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
-    log_every: int = 10
-    checkpoint_every: int = 50
+    log_every: PositiveInt = 10
+    checkpoint_every: NonNegativeInt = 50  # 0: no checkpoints
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=_ADDED)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "")
         try:  # the method's options are typed too: refuse a bad one before any training
             check_options(self.method, self.method_options, self.adapter)
         except MethodError as error:

@@ -11,9 +11,15 @@ from pathlib import Path
 
 from bslora_pyro import metrics as M
 from bslora_pyro.experiment import rundir
-from bslora_pyro.experiment.config import ConfigError, ExperimentConfig, SplitConfig
+from bslora_pyro.experiment.config import (
+    ConfigError,
+    ExperimentConfig,
+    PredictConfig,
+    SplitConfig,
+)
 from bslora_pyro.experiment.report import write_report
 from bslora_pyro.experiment.setup import (
+    load_eval_set,
     load_split,
     load_trained_method,
     load_training_data,
@@ -22,6 +28,7 @@ from bslora_pyro.experiment.setup import (
     seed_everything,
 )
 from bslora_pyro.inference.predictive import Predictions
+from bslora_pyro.typed import check_field
 
 log = logging.getLogger("bslora_pyro")
 
@@ -74,17 +81,19 @@ def evaluate_sets(
     reference=None,
     progress: bool = True,
     temperature: float | None = None,
+    loaded: list[list] | None = None,
 ) -> tuple[dict, dict]:
     """Predict each split, write its predictions file, and return its metrics; with a
-    ``temperature``, also the metrics of the tempered predictive (else ``{}``)."""
+    ``temperature``, also the metrics of the tempered predictive (else ``{}``).
+    ``loaded``: each split's examples, read already (else they are read here)."""
     from bslora_pyro.inference.temperature import temper
 
     results, tempered = {}, {}
     tempered_reference = None
     if reference is not None and temperature is not None:
         tempered_reference = temper(reference, temperature)
-    for split in splits:
-        examples = load_split(split, config.data.dir)
+    for index, split in enumerate(splits):
+        examples = load_split(split, config.data.dir) if loaded is None else loaded[index]
         started = time.perf_counter()
         preds = predict_split(config, method, examples, progress)
         seconds = time.perf_counter() - started
@@ -179,12 +188,15 @@ def evaluate_run(run_dir: str | Path, task: str, split: str | None = None,
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if num_samples is not None:  # the flag is checked as the config key is
+        config.predict.num_samples = check_field(PredictConfig, "num_samples", num_samples,
+                                                 "--num-samples (predict.num_samples)")
     target = evaluation_split(config, task, split, limit, columns or [])
-    tracker = start_tracking(config, run_dir)
     if data_dir is not None:
         config.data.dir = data_dir
-    if num_samples is not None:
-        config.predict.num_samples = num_samples
+    # every row is read and checked before the backbone loads or anything is written
+    examples = load_eval_set(target, config.data.dir, "--task")
+    tracker = start_tracking(config, run_dir)
     seed_everything(config.seed)
     method = load_trained_method(run_dir, config)
     reference_path = run_dir / rundir.PREDICTIONS / f"{rundir.safe_name(config.data.eval[0].label)}.jsonl"
@@ -193,7 +205,7 @@ def evaluate_run(run_dir: str | Path, task: str, split: str | None = None,
     temperature = metrics.get(rundir.TEMPERED, {}).get("temperature")
     results, tempered = evaluate_sets(config, method, [target], run_dir,
                                       reference=reference, progress=progress,
-                                      temperature=temperature)
+                                      temperature=temperature, loaded=[examples])
     metrics.update(results)
     if tempered:
         metrics[rundir.TEMPERED]["sets"].update(tempered)

@@ -12,7 +12,11 @@ from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.compare import compare_tables
 from bslora_pyro.experiment.config import ExperimentConfig, build_dataclass
 from bslora_pyro.experiment.runner import run_experiment
-from bslora_pyro.experiment.setup import build_scorer_and_backbone
+from bslora_pyro.experiment.setup import (
+    build_scorer_and_backbone,
+    load_eval_data,
+    load_training_data,
+)
 from bslora_pyro.inference.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 
 #: per-method settings that differ from the shared config (the same data, seeds, steps)
@@ -79,25 +83,27 @@ def run_variants(
     out_dir = Path(out_dir)
     scorers: dict[str, object] = {}
     runs = []
-    for variant in variants:
-        for seed in seeds:
-            run_dir = out_dir / variant["name"] / f"seed{seed}"
-            cfg = variant_config(config, variant["name"], variant["method"],
-                                 variant.get("set", []), seed)
-            runs.append(run_dir)
-            same = not rerun and _same_config(run_dir, cfg)
-            if same and (run_dir / rundir.METRICS).exists():  # only a finished run has it
-                print(f"== {variant['name']}, seed {seed}: finished in {run_dir}, kept",
-                      flush=True)
-                continue
-            # a run started afresh deletes older checkpoints, so this one is of ``cfg``
-            resume = same and latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-            print(f"== {variant['name']}, seed {seed} -> {run_dir}"
-                  + (" (resuming from its checkpoint)" if resume else ""), flush=True)
-            key = scorer_key(cfg)
-            if key not in scorers:  # one per backbone and scoring setting, shared by runs
-                _, scorers[key] = build_scorer_and_backbone(cfg)
-            run_experiment(cfg, run_dir, progress, scorer=scorers[key], resume=resume)
+    # every run's config (a seed, a method's options, a variant's --set) is checked first
+    plan = [(variant, seed, variant_config(config, variant["name"], variant["method"],
+                                           variant.get("set", []), seed))
+            for variant in variants for seed in seeds]
+    for variant, seed, cfg in plan:
+        run_dir = out_dir / variant["name"] / f"seed{seed}"
+        runs.append(run_dir)
+        same = not rerun and _same_config(run_dir, cfg)
+        if same and (run_dir / rundir.METRICS).exists():  # only a finished run has it
+            print(f"== {variant['name']}, seed {seed}: finished in {run_dir}, kept", flush=True)
+            continue
+        # a run started afresh deletes older checkpoints, so this one is of ``cfg``
+        resume = same and latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
+        print(f"== {variant['name']}, seed {seed} -> {run_dir}"
+              + (" (resuming from its checkpoint)" if resume else ""), flush=True)
+        key = scorer_key(cfg)
+        if key not in scorers:  # one per backbone and scoring setting, shared by runs
+            load_training_data(cfg)  # the data files are checked before a backbone loads
+            load_eval_data(cfg)
+            _, scorers[key] = build_scorer_and_backbone(cfg)
+        run_experiment(cfg, run_dir, progress, scorer=scorers[key], resume=resume)
     return _write_comparison(out_dir, runs)
 
 

@@ -19,6 +19,7 @@ from bslora_pyro.experiment.evaluation import (
 from bslora_pyro.experiment.setup import (
     build_method,
     build_scorer_and_backbone,
+    load_eval_data,
     load_training_data,
     resolve_device,
     seed_everything,
@@ -164,6 +165,10 @@ def run_experiment(
     from bslora_pyro.experiment.tracking import start_tracking
     from bslora_pyro.inference.distributed import is_main_process
 
+    run_started = time.perf_counter()
+    # every data file is read and checked before anything is written or the backbone loads
+    train_examples, validation = load_training_data(config)
+    eval_examples = load_eval_data(config)
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / rundir.METRICS).unlink(missing_ok=True)  # only a finished run has metrics
@@ -174,10 +179,8 @@ def run_experiment(
             shutil.rmtree(run_dir / stale, ignore_errors=True)
     rundir.atomic_write_text(run_dir / rundir.CONFIG, yaml.safe_dump(config.to_dict(),
                                                                      sort_keys=False))
-    run_started = time.perf_counter()
     seed_everything(config.seed)
     tracker = start_tracking(config, run_dir) if is_main_process() else None
-    train_examples, validation = load_training_data(config)
     backbone, own_scorer = build_scorer_and_backbone(config)
     scorer = scorer or own_scorer
     method = build_method(config, backbone, scorer)
@@ -193,7 +196,8 @@ def run_experiment(
     validation_summary, temperature = validate_and_calibrate(config, method, validation, run_dir,
                                                              progress)
     results, tempered = evaluate_sets(config, method, config.data.eval, run_dir,
-                                      progress=progress, temperature=temperature)
+                                      progress=progress, temperature=temperature,
+                                      loaded=eval_examples)
     results["_run"] = {"method": config.method, "seed": config.seed,
                        "train_seconds": round(train_seconds, 1),
                        "train_examples": len(train_examples),

@@ -3,7 +3,6 @@ finished run read back (its config, its trained method)."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
@@ -44,7 +43,8 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     """``(train, validation)``: the training split and the validation split, which is
     ``data.validation`` or the seeded ``data.validation_fraction`` of the training split
     (empty when neither is set). An evaluation or validation set drawn from the training
-    split itself is refused, so no evaluation question is trained or validated on."""
+    split itself is refused, so no evaluation question is trained or validated on (the
+    evaluation sets are read by :func:`load_eval_data`)."""
     from bslora_pyro.data import DataError
     from bslora_pyro.data.validation import split_validation
 
@@ -68,7 +68,7 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
                                                  config.data.validation_seed)
         except ValueError as error:
             raise ConfigError(f"data.validation_fraction: {error}") from None
-    for split in config.data.eval:  # fail on a bad eval set before spending time training
+    for split in config.data.eval:
         for role, other in (("training", config.data.train), ("validation",
                                                               config.data.validation)):
             if other is not None and split.source == other.source:
@@ -76,10 +76,23 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
                     f"data.eval {split.label} is the {role} split; evaluate on another split "
                     "(tuned settings use data.validation_fraction or data.validation)"
                 )
-        probe = 1 if split.limit is None else min(split.limit, 1)
-        if not load_split(dataclasses.replace(split, limit=probe), config.data.dir):
-            raise DataError(f"data.eval {split.label} has no examples (limit={split.limit})")
     return train, validation
+
+
+def load_eval_set(split: SplitConfig, data_dir: str | None, where: str) -> list:
+    """One evaluation set read in full, so a bad row fails now rather than after the
+    backbone has loaded and the method trained; an empty set is an error naming ``where``."""
+    from bslora_pyro.data import DataError
+
+    examples = load_split(split, data_dir)
+    if not examples:
+        raise DataError(f"{where} {split.label} has no examples (limit={split.limit})")
+    return examples
+
+
+def load_eval_data(config: ExperimentConfig) -> list[list]:
+    """The examples of every ``data.eval`` set, in order (see :func:`load_eval_set`)."""
+    return [load_eval_set(split, config.data.dir, "data.eval") for split in config.data.eval]
 
 
 def build_scorer_and_backbone(config: ExperimentConfig):

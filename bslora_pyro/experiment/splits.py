@@ -10,6 +10,7 @@ from bslora_pyro.experiment.config import (
     SplitConfig,
     build_dataclass,
 )
+from bslora_pyro.typed import check_field
 
 FILE_PREFIX = "file:"
 HUB_PREFIX = "hub:"
@@ -40,7 +41,8 @@ def evaluation_split(config: ExperimentConfig, task: str, split: str | None,
                      limit: int | None, columns: list[str]) -> SplitConfig:
     """A built-in ``task`` (``split`` default dev), or ``file:PATH`` / ``hub:ID`` read with
     the run's training-set column mapping (when it was your own data) updated by
-    ``columns``."""
+    ``columns``; ``limit`` is checked as the config key ``limit`` is."""
+    limit = check_field(SplitConfig, "limit", limit, "--limit")
     if not task.startswith((FILE_PREFIX, HUB_PREFIX)):
         if columns:
             raise ConfigError("--column applies to --task file:PATH or hub:ID only")

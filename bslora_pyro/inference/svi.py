@@ -16,6 +16,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from bslora_pyro.inference.elbo import ExactELBO
+from bslora_pyro.typed import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    Seed,
+    UnitFloat,
+    check_ranges,
+)
 
 
 class TrainingError(RuntimeError):
@@ -30,7 +38,7 @@ class TrainConfig:
         steps: optimizer steps.
         batch_size: questions per step.
         lr_factors / lr_gates: AdamW learning rates of LoRA factors (and heads) and of the
-            variational gate parameters.
+            variational gate parameters (0 freezes them).
         weight_decay: AdamW weight decay on the factors (MAP uses 1e-5).
         warmup_ratio: share of steps with a linear warm-up; linear decay to 0 after.
         num_particles: S gate draws per step, run as one batched forward (the
@@ -55,38 +63,27 @@ class TrainConfig:
             best; 0 trains every step.
     """
 
-    steps: int = 200
-    batch_size: int = 8
-    lr_factors: float = 1e-4
-    lr_gates: float = 1e-2
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    num_particles: int = 1
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 8
+    lr_factors: NonNegativeFloat = 1e-4
+    lr_gates: NonNegativeFloat = 1e-2
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_ratio: UnitFloat = 0.06
+    num_particles: PositiveInt = 1
     per_example_masks: bool = False
-    grad_clip: float = 1.0
-    kl_weight: float = 1.0
-    seed: int = 0
+    grad_clip: NonNegativeFloat = 1.0
+    kl_weight: NonNegativeFloat = 1.0
+    seed: Seed = 0
     mixed_precision: str = "no"
-    grad_accumulation_steps: int = 1
-    validate_every: int = 0
+    grad_accumulation_steps: PositiveInt = 1
+    validate_every: NonNegativeInt = 0
     early_stopping: bool = False
-    patience: int = 0
+    patience: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "num_particles", "grad_accumulation_steps"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise ValueError(
-                    f"train.{key} must be a positive integer, got {getattr(self, key)!r}"
-                )
-        for key in ("validate_every", "patience"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
-                raise ValueError(
-                    f"train.{key} must be a non-negative integer, got {getattr(self, key)!r}"
-                )
+        check_ranges(self, "train")
         if self.early_stopping and self.validate_every == 0:
             raise ValueError("train.early_stopping needs train.validate_every > 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(
                 f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"

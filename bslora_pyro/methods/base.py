@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from bslora_pyro.inference.elbo import ExactELBO
 from bslora_pyro.inference.svi import SVITrainer
 from bslora_pyro.methods import MethodError
 from bslora_pyro.persistence import atomic_save_tensors, atomic_write_text, copy_tensors
-from bslora_pyro.typed import ConfigError, check_type, close_match
+from bslora_pyro.typed import ConfigError, check_ranges, check_type, close_match, field_types
 
 METHOD_WEIGHTS = "method.safetensors"
 METHOD_CONFIG = "method.json"
@@ -51,7 +50,11 @@ Options = TypeVar("Options")
 @dataclasses.dataclass
 class MethodOptions:
     """Base of a method's options (its ``method_options`` section): typed fields with
-    defaults; :meth:`check` refuses values the types allow but the method does not."""
+    defaults, numeric ones with their range declared on the type (``bslora_pyro.typed``);
+    :meth:`check` refuses values that depend on another setting (the adapter)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "method_options", MethodError)
 
     def check(self, adapter: AdapterConfig | None) -> None:
         """Raise :class:`MethodError` naming the option for a bad value (``adapter``: the
@@ -62,14 +65,15 @@ def take_options(
     name: str, options: dict, cls: type[Options], adapter: AdapterConfig | None = None
 ) -> Options:
     """``cls`` built from ``options``: an unknown option (with the closest known one), a
-    value of the wrong type or a bad value is a one-line :class:`MethodError` naming it."""
+    value of the wrong type or out of its declared range, or a bad value is a one-line
+    :class:`MethodError` naming it."""
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(fields))
     if unknown:
         close = close_match(unknown[0], fields)
         hint = f"did you mean {close}?" if close else f"it takes: {', '.join(fields) or 'none'}"
         raise MethodError(f"method {name!r} has no option {unknown[0]!r} ({hint})")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     try:
         values = {k: check_type(v, hints[k], f"method_options.{k}") for k, v in options.items()}
     except ConfigError as error:

@@ -17,7 +17,6 @@ learning rate without weight decay.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,8 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from bslora_pyro.adapter import AdapterConfig
-from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.typed import PositiveFloat
 
 NAME = "blob"
 
@@ -40,13 +38,8 @@ NAME = "blob"
 class BlobOptions(MethodOptions):
     """``prior_std`` (default 0.2), ``sigma_init`` (default 0.05), both positive."""
 
-    prior_std: float = 0.2
-    sigma_init: float = 0.05
-
-    def check(self, adapter: AdapterConfig | None) -> None:
-        if self.prior_std <= 0 or self.sigma_init <= 0:
-            raise MethodError("blob.prior_std and blob.sigma_init must be positive, got "
-                              f"{dataclasses.asdict(self)}")
+    prior_std: PositiveFloat = 0.2
+    sigma_init: PositiveFloat = 0.05
 
 
 OPTIONS = BlobOptions

@@ -15,8 +15,15 @@ import torch
 from bslora_pyro.bayesian_lora import BayesianLora, load_posterior
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import Method, MethodOptions, take_options
-from bslora_pyro.models import PriorConfigError
+from bslora_pyro.models import (
+    PriorConfigError,
+    check_guide_options,
+    check_prior_kwargs,
+    get_prior,
+    guide_spec,
+)
 from bslora_pyro.persistence import save_posterior
+from bslora_pyro.typed import PositiveFloat
 
 NAME = "bslora"
 
@@ -26,12 +33,31 @@ class BsloraOptions(MethodOptions):
     """``prior`` (name), ``prior_kwargs`` (its hyperparameters), ``guide`` (a guide name or
     ``{name: ..., **options}``; without a name the mean-field guide with those options),
     ``factor_prior_std`` (a Gaussian prior on the factors; default none). The prior's and
-    guide's own options are checked when the model is built."""
+    guide's own options are checked here too, against the types and ranges declared on
+    their ``__init__``."""
 
-    prior: Any = "bernoulli"
+    prior: str = "bernoulli"
     prior_kwargs: dict[str, Any] | None = None
-    guide: Any = field(default_factory=dict)
-    factor_prior_std: Any = None
+    guide: str | dict[str, Any] = field(default_factory=dict)
+    factor_prior_std: PositiveFloat | None = None
+
+    def check(self, adapter) -> None:
+        for key, check_part in (("prior", self._check_prior), ("guide", self._check_guide)):
+            try:
+                check_part()
+            except PriorConfigError as error:
+                message = str(error)
+                if not message.startswith(f"method_options.{key}"):
+                    message = f"method_options.{key}: {message}"
+                raise MethodError(f"method {NAME!r}: {message}") from None
+
+    def _check_prior(self) -> None:
+        check_prior_kwargs(get_prior(self.prior), self.prior_kwargs,
+                           "method_options.prior_kwargs")
+
+    def _check_guide(self) -> None:
+        cls, options = guide_spec(self.guide or {})
+        check_guide_options(cls, options, "method_options.guide")
 
 
 OPTIONS = BsloraOptions

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.typed import PositiveInt
 
 NAME = "ensemble"
 
@@ -35,11 +35,7 @@ NAME = "ensemble"
 class EnsembleOptions(MethodOptions):
     """``members`` K (default 3)."""
 
-    members: int = 3
-
-    def check(self, adapter: AdapterConfig | None) -> None:
-        if self.members < 1:
-            raise MethodError(f"ensemble.members must be a positive integer, got {self.members!r}")
+    members: PositiveInt = 3
 
 
 OPTIONS = EnsembleOptions

@@ -46,6 +46,7 @@ from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 from bslora_pyro.persistence import copy_tensors
+from bslora_pyro.typed import NonNegativeFloat, PositiveFloat, PositiveInt
 
 NAME = "laplace"
 SUBSETS = ("all", "last_layer")
@@ -60,10 +61,10 @@ class LaplaceOptions(MethodOptions):
     linearised predictive's average, default 100,000)."""
 
     subset: str = "all"
-    prior_precision: float | None = None
-    weight_decay: float | None = None
+    prior_precision: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
     predictive: str = "linearised"
-    predictive_draws: int = 100_000
+    predictive_draws: PositiveInt = 100_000
 
     def check(self, adapter: AdapterConfig | None) -> None:
         if self.subset not in SUBSETS:
@@ -71,14 +72,6 @@ class LaplaceOptions(MethodOptions):
         if self.predictive not in PREDICTIVES:
             raise MethodError(
                 f"laplace.predictive must be one of {PREDICTIVES}, got {self.predictive!r}"
-            )
-        if self.predictive_draws < 1:
-            raise MethodError(
-                f"laplace.predictive_draws must be a positive integer, got {self.predictive_draws!r}"
-            )
-        if self.prior_precision is not None and not self.prior_precision > 0:
-            raise MethodError(
-                f"laplace.prior_precision must be positive, got {self.prior_precision!r}"
             )
 
 

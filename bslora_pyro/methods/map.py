@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.typed import NonNegativeFloat, PositiveFloat
 
 NAME = "map"
 
@@ -22,12 +22,8 @@ class MapOptions(MethodOptions):
     """``weight_decay`` (default 1e-5), ``factor_prior_std`` (an exact Gaussian prior on
     the factors in the loss; default none)."""
 
-    weight_decay: float = 1e-5
-    factor_prior_std: float | None = None
-
-    def check(self, adapter: AdapterConfig | None) -> None:
-        if self.weight_decay < 0:
-            raise MethodError(f"map.weight_decay must be >= 0, got {self.weight_decay}")
+    weight_decay: NonNegativeFloat = 1e-5
+    factor_prior_std: PositiveFloat | None = None
 
 
 OPTIONS = MapOptions

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bslora_pyro.adapter import AdapterConfig
-from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.typed import OpenUnitFloat
 
 NAME = "mc_dropout"
 
@@ -24,15 +24,11 @@ class MCDropoutOptions(MethodOptions):
     """``dropout`` in (0, 1) (default, or ``None``: the adapter's dropout when set, else
     0.1)."""
 
-    dropout: float | None = None
+    dropout: OpenUnitFloat | None = None
 
     def check(self, adapter: AdapterConfig | None) -> None:
-        if self.dropout is None:
-            if adapter is None:
-                return
-            self.dropout = float(adapter.dropout or 0.1)
-        if not 0.0 < self.dropout < 1.0:
-            raise MethodError(f"mc_dropout.dropout must be in (0, 1), got {self.dropout}")
+        if self.dropout is None and adapter is not None:
+            self.dropout = float(adapter.dropout or 0.1)  # adapter.dropout is in [0, 1)
 
 
 OPTIONS = MCDropoutOptions

@@ -21,12 +21,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
+from bslora_pyro.typed import NonNegativeInt, Range
+
+KeepProbability = Annotated[float, Range(gt=0, le=1)]
 
 NAME = "random_mask"
 MATCHES = ("module", "global")
@@ -39,8 +43,8 @@ class RandomMaskOptions(MethodOptions):
     ``match_run`` a Bayesian sparse LoRA run folder whose posterior sets them
     (``{seed}`` in it is the run's seed) and ``match`` ("module" or "global")."""
 
-    num_masked: int | None = None
-    keep_probability: float | None = None
+    num_masked: NonNegativeInt | None = None
+    keep_probability: KeepProbability | None = None
     keep_probabilities: dict[str, float] | None = None
     match_run: str | None = None
     match: str = "module"
@@ -53,9 +57,7 @@ class RandomMaskOptions(MethodOptions):
         if len(given) > 1 and given != ["keep_probabilities", "match_run"]:
             raise MethodError(f"random_mask: give one of keep_probability, keep_probabilities "
                               f"and match_run, got {', '.join(given)}")
-        probabilities = [self.keep_probability] if self.keep_probability is not None else []
-        probabilities += list((self.keep_probabilities or {}).values())
-        for value in probabilities:
+        for value in (self.keep_probabilities or {}).values():
             if not 0.0 < value <= 1.0:
                 raise MethodError(f"random_mask keep probabilities must be in (0, 1], got "
                                   f"{value!r}")
@@ -67,8 +69,8 @@ class RandomMaskOptions(MethodOptions):
         if self.num_masked is None:
             self.num_masked = adapter.r // 2
         if not 0 <= self.num_masked < adapter.r:
-            raise MethodError(f"random_mask.num_masked must be an integer in [0, {adapter.r}), "
-                              f"got {self.num_masked!r}")
+            raise MethodError(f"method {NAME!r}: method_options.num_masked must be an integer "
+                              f"in [0, {adapter.r}) (adapter.r), got {self.num_masked!r}")
 
 
 OPTIONS = RandomMaskOptions

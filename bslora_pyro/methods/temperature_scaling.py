@@ -10,18 +10,16 @@ MLE logits divided by T (``[1, B, C]``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bslora_pyro.adapter import AdapterConfig
 from bslora_pyro.data.validation import split_validation
-from bslora_pyro.methods import MethodError
 from bslora_pyro.methods.base import MethodOptions, PlainLora, load_method, take_options
 from bslora_pyro.scoring import masked_fill_value
+from bslora_pyro.typed import OpenUnitFloat, Seed
 
 NAME = "temperature_scaling"
 
@@ -31,15 +29,8 @@ class TemperatureScalingOptions(MethodOptions):
     """``holdout_fraction`` of the training set in (0, 1) (default 0.1), ``split_seed``
     (default 0)."""
 
-    holdout_fraction: float = 0.1
-    split_seed: int = 0
-
-    def check(self, adapter: AdapterConfig | None) -> None:
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise MethodError(
-                f"temperature_scaling: holdout_fraction must be in (0, 1) and split_seed an "
-                f"integer, got {dataclasses.asdict(self)}"
-            )
+    holdout_fraction: OpenUnitFloat = 0.1
+    split_seed: Seed = 0
 
 
 OPTIONS = TemperatureScalingOptions

@@ -8,14 +8,16 @@ one file to ``guides/`` with a :class:`~bslora_pyro.models.guides.base.GateGuide
 
 from __future__ import annotations
 
-from bslora_pyro.models.base import GatePrior, LatentSite, PriorConfigError
+from bslora_pyro.models.base import GatePrior, LatentSite, PriorConfigError, check_prior_kwargs
 from bslora_pyro.models.gates import ConcreteGate, GateDistribution
 from bslora_pyro.models.guides import (
     GateGuide,
     GuideConfig,
     available_guides,
     build_guide,
+    check_guide_options,
     get_guide,
+    guide_spec,
 )
 from bslora_pyro.models.registry import discover
 
@@ -50,6 +52,9 @@ __all__ = [
     "available_guides",
     "available_priors",
     "build_guide",
+    "check_guide_options",
+    "check_prior_kwargs",
     "get_guide",
     "get_prior",
+    "guide_spec",
 ]

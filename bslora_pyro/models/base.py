@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from bslora_pyro.models.gates import GateDistribution
+from bslora_pyro.typed import ConfigError, check_arguments
 
 
 class PriorConfigError(ValueError):
@@ -65,16 +66,21 @@ class LatentSite:
         return self.name.rsplit("/", 1)[0]
 
 
-def check_probability(name: str, value: float) -> float:
-    if not 0.0 < value < 1.0:
-        raise PriorConfigError(f"prior.{name} must be in (0, 1), got {value!r}")
-    return float(value)
+def check_hyperparameters(cls: type, kwargs: dict, where: str, owner: str,
+                          skip: tuple[str, ...]) -> dict:
+    """``kwargs`` of a prior or guide class checked against the types and ranges declared
+    on its ``__init__`` (``bslora_pyro.typed``); a one-line :class:`PriorConfigError`
+    naming ``where.<key>`` for an unknown keyword or a bad value."""
+    try:
+        return check_arguments(cls, dict(kwargs), where, owner, skip)
+    except ConfigError as error:
+        raise PriorConfigError(str(error)) from None
 
 
-def check_positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise PriorConfigError(f"prior.{name} must be positive, got {value!r}")
-    return float(value)
+def check_prior_kwargs(cls: type[GatePrior], kwargs: dict | None, where: str = "prior") -> dict:
+    """The hyperparameters of prior ``cls``, checked (see :func:`check_hyperparameters`)."""
+    return check_hyperparameters(cls, kwargs or {}, where, f"prior {cls.name!r}",
+                                 ("module_ranks",))
 
 
 def clamp_probs(p: torch.Tensor) -> torch.Tensor:
@@ -114,7 +120,9 @@ def expected_bernoulli_kl(
 class GatePrior(nn.Module, ABC):
     """A prior on per-rank gates for a set of adapted modules.
 
-    Subclasses set ``name``, take their hyperparameters as keyword arguments, and implement
+    Subclasses set ``name``, take their hyperparameters as keyword arguments (types and
+    ranges declared on ``__init__``, e.g. ``p0: OpenUnitFloat``: checked by name in
+    :func:`check_prior_kwargs` before the prior is built), and implement
     :meth:`latent_sites`, :meth:`gate_probs` and :meth:`prior_inclusion_probs`; the Pyro
     program (:meth:`model`) and the exact gate KL follow from them. A prior holds no
     variational parameters: the guide (``bslora_pyro.models.guides``) does.

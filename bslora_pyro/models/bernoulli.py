@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from bslora_pyro.models.base import GatePrior, check_probability
+from bslora_pyro.models.base import GatePrior
+from bslora_pyro.typed import OpenUnitFloat
 
 
 class BernoulliPrior(GatePrior):
@@ -14,9 +15,9 @@ class BernoulliPrior(GatePrior):
 
     name = "bernoulli"
 
-    def __init__(self, module_ranks: dict[str, int], p0: float = 0.5) -> None:
+    def __init__(self, module_ranks: dict[str, int], p0: OpenUnitFloat = 0.5) -> None:
         super().__init__(module_ranks)
-        self.p0 = check_probability("p0", p0)
+        self.p0 = float(p0)
 
     def prior_inclusion_probs(self) -> dict[str, torch.Tensor]:
         return {m: torch.full((r,), self.p0) for m, r in self.module_ranks.items()}

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import torch
 
-from bslora_pyro.models.base import GatePrior, LatentSite, beta_log_moments, check_positive
+from bslora_pyro.models.base import GatePrior, LatentSite, beta_log_moments
+from bslora_pyro.typed import PositiveFloat
 
 
 class BetaBernoulliPrior(GatePrior):
     name = "beta_bernoulli"
 
     def __init__(
-        self, module_ranks: dict[str, int], a: float = 1.0, b: float = 1.0, shared: bool = False
+        self, module_ranks: dict[str, int], a: PositiveFloat = 1.0, b: PositiveFloat = 1.0,
+        shared: bool = False,
     ) -> None:
         super().__init__(module_ranks)
-        self.a = check_positive("a", a)
-        self.b = check_positive("b", b)
+        self.a = float(a)
+        self.b = float(b)
         self.shared = bool(shared)
 
     def latent_sites(self) -> list[LatentSite]:

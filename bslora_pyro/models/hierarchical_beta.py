@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from bslora_pyro.models.base import GatePrior, LatentSite, beta_log_moments, check_positive
+from bslora_pyro.models.base import GatePrior, LatentSite, beta_log_moments
+from bslora_pyro.typed import PositiveFloat
 
 
 def block_of(path: str) -> str:
@@ -26,10 +27,11 @@ def block_of(path: str) -> str:
 class HierarchicalBetaPrior(GatePrior):
     name = "hierarchical_beta"
 
-    def __init__(self, module_ranks: dict[str, int], a: float = 1.0, b: float = 1.0) -> None:
+    def __init__(self, module_ranks: dict[str, int], a: PositiveFloat = 1.0,
+                 b: PositiveFloat = 1.0) -> None:
         super().__init__(module_ranks)
-        self.a = check_positive("a", a)
-        self.b = check_positive("b", b)
+        self.a = float(a)
+        self.b = float(b)
         self.groups: dict[str, list[str]] = {}
         for module in self.module_ranks:
             self.groups.setdefault(block_of(module), []).append(module)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from bslora_pyro.models.base import GatePrior, LatentSite, beta_log_moments, check_positive
+from bslora_pyro.models.base import GatePrior, LatentSite, beta_log_moments
+from bslora_pyro.typed import PositiveFloat
 
 
 def expected_log1m_products(a: torch.Tensor, b: torch.Tensor, terms: int) -> torch.Tensor:
@@ -34,9 +35,9 @@ def expected_log1m_products(a: torch.Tensor, b: torch.Tensor, terms: int) -> tor
 class StickBreakingPrior(GatePrior):
     name = "stick_breaking"
 
-    def __init__(self, module_ranks: dict[str, int], alpha0: float = 5.0) -> None:
+    def __init__(self, module_ranks: dict[str, int], alpha0: PositiveFloat = 5.0) -> None:
         super().__init__(module_ranks)
-        self.alpha0 = check_positive("alpha0", alpha0)
+        self.alpha0 = float(alpha0)
 
     def latent_sites(self) -> list[LatentSite]:
         return [LatentSite(f"{m}/v", torch.full((r,), self.alpha0), torch.ones(r), (m,))

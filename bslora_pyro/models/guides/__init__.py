@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bslora_pyro.models.base import GatePrior, PriorConfigError
+from bslora_pyro.models.base import GatePrior, PriorConfigError, check_hyperparameters
 from bslora_pyro.models.guides.base import GateGuide
 from bslora_pyro.models.registry import discover
 
@@ -65,15 +65,19 @@ def guide_spec(spec: Any) -> tuple[type[GateGuide], dict]:
     raise PriorConfigError(f"a guide is a name, a mapping or a GuideConfig, got {spec!r}")
 
 
+def check_guide_options(cls: type[GateGuide], options: dict, where: str = "guide") -> dict:
+    """The options of guide ``cls`` checked against the types and ranges declared on its
+    ``__init__`` (and its bases'): an unknown option or a bad value is a one-line error."""
+    return check_hyperparameters(cls, options, where, f"guide {cls.name!r}",
+                                 ("prior", "feature_size"))
+
+
 def build_guide(spec: Any, prior: GatePrior, feature_size: int | None = None) -> GateGuide:
-    """The guide of ``spec`` over ``prior``'s sites; an unknown option is a one-line error."""
+    """The guide of ``spec`` over ``prior``'s sites; an unknown option or a value out of
+    its range is a one-line error."""
     cls, options = guide_spec(spec)
-    try:
-        return cls(prior, feature_size=feature_size, **options)
-    except TypeError as error:
-        unknown = str(error).rsplit("argument", 1)[-1].strip(" '")
-        raise PriorConfigError(f"guide {cls.name!r} has no option {unknown!r}") from None
+    return cls(prior, feature_size=feature_size, **check_guide_options(cls, options))
 
 
-__all__ = ["GateGuide", "GuideConfig", "available_guides", "build_guide", "get_guide",
-           "guide_spec"]
+__all__ = ["GateGuide", "GuideConfig", "available_guides", "build_guide",
+           "check_guide_options", "get_guide", "guide_spec"]

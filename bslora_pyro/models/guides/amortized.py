@@ -10,24 +10,26 @@ to the dataset. Prediction averages over draws of q(z | x) for each question.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
 from bslora_pyro.models.base import PriorConfigError
 from bslora_pyro.models.gates import ConcreteGate
 from bslora_pyro.models.guides.base import LogitGateGuide
+from bslora_pyro.typed import PositiveInt, Range
 
 
 class AmortizedGuide(LogitGateGuide):
     name = "amortized"
     local = True
 
-    def __init__(self, prior, hidden: int = 64, momentum: float = 0.01, **options) -> None:
+    def __init__(self, prior, hidden: PositiveInt = 64,
+                 momentum: Annotated[float, Range(gt=0, le=1)] = 0.01, **options) -> None:
         super().__init__(prior, **options)
         if self.feature_size is None:
             raise PriorConfigError("the amortized guide needs the backbone's feature size")
-        if not isinstance(hidden, int) or hidden <= 0:
-            raise PriorConfigError(f"guide.hidden must be a positive integer, got {hidden!r}")
         self.hidden = hidden
         self.momentum = float(momentum)
         total = sum(self.module_ranks.values())

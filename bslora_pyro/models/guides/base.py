@@ -24,6 +24,7 @@ from torch import nn
 
 from bslora_pyro.models.base import GatePrior, LatentSite, PriorConfigError
 from bslora_pyro.models.gates import GateDistribution
+from bslora_pyro.typed import PositiveFloat
 
 
 def param_key(name: str) -> str:
@@ -37,6 +38,9 @@ def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
 
 class GateGuide(nn.Module, ABC):
     """q over a prior's sites: mean-field q of its latents times per-module gate q's.
+
+    Options are checked by name against the types and ranges declared on ``__init__``
+    (:func:`~bslora_pyro.models.guides.check_guide_options`) before a guide is built.
 
     Args:
         prior: the prior whose sites this guide covers.
@@ -52,15 +56,12 @@ class GateGuide(nn.Module, ABC):
     def __init__(
         self,
         prior: GatePrior,
-        temperature: float = 0.5,
-        temperature_final: float | None = None,
+        temperature: PositiveFloat = 0.5,
+        temperature_final: PositiveFloat | None = None,
         pi_family: str = "beta",
         feature_size: int | None = None,
     ) -> None:
         super().__init__()
-        for key, value in (("temperature", temperature), ("temperature_final", temperature_final)):
-            if value is not None and not value > 0:
-                raise PriorConfigError(f"guide.{key} must be positive, got {value!r}")
         if pi_family not in ("beta", "kumaraswamy"):
             raise PriorConfigError(f"guide.pi_family must be 'beta' or 'kumaraswamy', "
                                    f"got {pi_family!r}")
