@@ -28,7 +28,7 @@ from bslora_pyro.methods.base import Method, MethodOptions
         (["method=mc_dropout", "method_options.dropout=1.5"],
          "mc_dropout.dropout must be in (0, 1), got 1.5"),
         (["method=laplace", "method_options.predictive=probit"], "laplace.predictive must be one of"),
-        (["method=blob", "method_options.prior_std=-1"], "blob.prior_std and blob.sigma_init must be"),
+        (["method=blob", "method_options.prior_std=-1"], "blob.prior_std must be positive"),
         (["method=map", "method_options.weight_decay=-1"], "map.weight_decay must be >= 0"),
         (["method=temperature_scaling", "method_options.holdout_fraction=1.0"],
          "holdout_fraction must be in (0, 1)"),
