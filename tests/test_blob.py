@@ -153,6 +153,18 @@ def test_separate_kl_step_is_blobs_sgd_step_on_the_kl():
         torch.testing.assert_close(new.detach(), r - lr * (2 * r**3 / p2 - 2 / r))
 
 
+def test_trainer_takes_the_kl_step_after_each_optimizer_step():
+    """With the AdamW learning rate at 0 only the KL step moves anything: one epoch of it
+    raises every rho (towards the prior's std) and shrinks every mean."""
+    method = build({"kl_lr": 0.01})
+    rho, mus = rhos(method), [layer.lora_A.detach().clone() for layer in method.adapters.values()]
+    config = TrainConfig(steps=4, batch_size=8, lr_factors=0.0, warmup_ratio=0.0)
+    SVITrainer(method, method.scorer.encode, config).fit(make_questions(32), progress=False)
+    assert (rhos(method) > rho).all()
+    for layer, mu in zip(method.adapters.values(), mus, strict=True):
+        assert (layer.lora_A.abs() < mu.abs()).all()
+
+
 @pytest.mark.parametrize("geometric", [True, False])
 @pytest.mark.parametrize("num_data", [40, 41, 20_000])
 def test_kl_weights_sum_to_one_per_epoch(geometric, num_data):

@@ -28,11 +28,12 @@ Draws: training uses one independent A per question and draw (``per_example``, d
 ``sampled_A`` ``[S * B, r, in]``), the exact version of what flipout approximates (BLoB
 decorrelates the noise with random sign flips per token, which also lets the weights differ
 between the tokens of one question). At r = 8 it is cheap: the per-group ``bmm`` does the
-shared matmul's FLOPs. Measured with ``benchmarks/blob_draws.py`` on 2 shared CPU cores
-(median of interleaved rounds, batch 8; see that file for the command): on a 576 -> 576
-layer with 8 x 128 tokens, forward + backward costs 1.04x the shared-A matmul (a flipout
-forward 1.32x); a whole training step of a random-init model with SmolLM2-135M's layer
-shapes (4 blocks, q/v/lm_head adapted) costs 1.01x, and of the tiny test Llama 1.08x.
+shared matmul's FLOPs. Measured with ``benchmarks/blob_draws.py`` (median of interleaved
+rounds, batch 8, one thread on a loaded 2-core CPU, two runs): forward + backward of one
+576 -> 576 layer on 8 x 128 tokens costs 0.97-1.09x one shared A (flipout: 1.61-1.72x); a
+whole training step costs 1.01-1.08x on a random-init Llama with SmolLM2-135M's shapes (4
+blocks; q_proj, v_proj, lm_head adapted) and 0.92-1.06x on the tiny test Llama, i.e. within
+the noise of the machine.
 ``per_example: false`` draws one A per draw for the whole batch (unless
 ``train.per_example_masks`` asks for per-example draws). Training draws ``S =
 train.num_particles`` (1 is BLoB's setting); prediction draws ``M = predict.num_samples``
@@ -232,7 +233,7 @@ class BlobLora(PlainLora):
             means = torch.cat([layer.lora_A.flatten() for layer in self.adapters.values()])
             rms = float(means.square().mean().sqrt())
         mean = float(sigmas.mean())
-        return {"sigma_mean": mean, "noise_to_signal": mean / rms if rms > 0 else math.inf}
+        return {"sigma_mean": mean, "noise_to_signal": mean / max(rms, 1e-30)}
 
     # --- save / load --------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
