@@ -50,7 +50,7 @@ RANGES: dict[str, tuple[str, Range]] = {
     "train.seed": SEED, "train.grad_accumulation_steps": POS_INT,
     "train.validate_every": NONNEG_INT, "train.patience": NONNEG_INT,
     "predict.num_samples": POS_INT, "predict.batch_size": POS_INT,
-    "blob:prior_std": POS, "blob:sigma_init": POS, "bslora:factor_prior_std": POS,
+    "blob:prior_std": POS, "blob:eps": POS, "blob:kl_lr": NONNEG, "bslora:factor_prior_std": POS,
     "ensemble:members": POS_INT, "laplace:prior_precision": POS, "laplace:weight_decay": NONNEG,
     "laplace:predictive_draws": POS_INT, "random_mask:keep_probability": ("float",
                                                                            Range(gt=0, le=1)),

@@ -28,6 +28,7 @@ from bslora_pyro.inference.svi import (
     SVITrainer,
     TrainConfig,
     TrainingError,
+    after_step,
     batch_indices,
     clip_threshold,
 )
@@ -207,6 +208,7 @@ class AccelerateTrainer(SVITrainer):
             totals += torch.stack(self._micro_step(examples, part)).float()
         totals = self.accelerator.reduce(totals / len(micro), reduction="mean")
         self.scheduler.step()
+        after_step(self.method, self.step, len(examples), config)
         if not all(torch.isfinite(p.detach()).all() for p in self.parameters()):
             raise TrainingError(f"parameters are not finite after step {self.step + 1}")
         loss, nll, kl = totals.tolist()

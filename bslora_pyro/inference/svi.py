@@ -3,7 +3,8 @@
 The loop drives any *method* object that provides ``training_loss(batch, index,
 num_data, num_draws, per_example)`` (returning :class:`ELBOTerms`), ``param_groups(
 lr_factors, lr_gates, weight_decay)`` and ``training_metrics()``; ``BayesianLora`` and
-the baselines do.
+the baselines do. A method may add its own update after each optimizer step
+(``after_step(step, num_data, config)``: BLoB's separate KL step).
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ def progress_fields(record: dict, variational: bool = True) -> dict[str, str]:
     return fields
 
 
+def after_step(method, step: int, num_data: int, config: TrainConfig) -> None:
+    """The method's own update after optimizer step ``step`` (0-based), when it has one
+    (BLoB's separate KL step); see ``Method.after_step``."""
+    hook = getattr(method, "after_step", None)
+    if hook is not None:
+        hook(step, num_data, config)
+
+
 class SVITrainer:
     """Trains a method on a list of examples with a scorer-built batch per step.
 
@@ -206,6 +215,7 @@ class SVITrainer:
             )
         self.optimizer.step()
         self.scheduler.step()
+        after_step(self.method, self.step, len(examples), config)
         record = {
             "step": self.step + 1,
             "loss": terms.loss.item(),

@@ -129,6 +129,12 @@ class Method(ABC):
         """Fitting after training, on the training set (Laplace, temperature scaling)."""
         return None
 
+    def after_step(self, step: int, num_data: int, config) -> None:
+        """An update of the method's own after the trainer's optimizer step ``step``
+        (0-based) on ``num_data`` examples with train config ``config`` (none by default;
+        BLoB's separate KL step)."""
+        return None
+
     def save(self, directory: str | Path) -> Path | None:
         """Write the fitted method to ``directory`` (nothing to save by default)."""
         return None
