@@ -240,3 +240,24 @@ def test_a_variant_that_changes_the_scoring_gets_a_scorer_of_its_own(tmp_path, m
     assert all(scoring == mode and length == scorer_length
                for _, scoring, mode, length, scorer_length in used)
     assert len(used) == 8 and len(built) == 3  # plain and plain_again share one
+
+
+def test_benchmark_table_pools_seeds_and_pairs_variants(grid_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import benchmark_table
+
+    out, _, _ = grid_dir
+    text_file = tmp_path / "tables.md"
+    benchmark_table.main(benchmark_table.parse_args(
+        [str(out), "--pairs", "bslora:mle", "--out", str(text_file)]))
+    text = text_file.read_text()
+    assert "## In distribution: arc_easy:dev" in text
+    assert "## Out of distribution: arc_challenge:dev" in text
+    rows = {line.split(" | ")[0].lstrip("| ") for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert {"zero_shot", "mle", "bslora"} <= rows
+    values = benchmark_table.collect(out)
+    mle_acc = [s["ACC"] for s in values["mle"]]
+    assert len(mle_acc) == 2 and benchmark_table.cell(mle_acc).count("±") == 1
+    pair = next(line for line in text.splitlines() if line.startswith("| bslora | mle"))
+    assert pair.split(" | ")[2] == "2"  # two seeds paired
