@@ -42,8 +42,9 @@ def load_split(split: SplitConfig, data_dir: str | None) -> list:
 
 def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     """``(train, validation)``: the training split, less the seeded validation part
-    (``data.validation_fraction``; empty when 0); an evaluation set drawn from the training
-    split itself is refused, so no evaluation question is trained or validated on."""
+    (``data.validation_fraction``; empty when 0); an unlabelled training split is refused, and
+    so is an evaluation set drawn from the training split itself, so no evaluation question is
+    trained or validated on."""
     from bslora_pyro.data import DataError
     from bslora_pyro.data.validation import split_validation
 
@@ -51,6 +52,11 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     if not train:
         raise DataError(f"data.train {config.data.train.label} has no examples "
                         f"(limit={config.data.train.limit})")
+    unlabelled = next((ex for ex in train if not ex.labelled), None)
+    if unlabelled is not None:
+        raise DataError(f"data.train {config.data.train.label} is an unlabelled set (example "
+                        f"{unlabelled.uid!r} has no answer); train on a labelled split and list "
+                        "it under data.eval for OOD detection")
     validation: list = []
     if config.data.validation_fraction > 0:
         try:
