@@ -17,7 +17,7 @@ BOOLQ_CONTINUATIONS: tuple[str, str] = (" yes", " no")
 #: sentiment choices; label 1 is positive, as on the hub's rotten_tomatoes
 SENTIMENT_CHOICES: tuple[str, str] = ("negative", "positive")
 #: the ``choice_loglik`` context of a sentiment snippet (chosen on the dev split, docs/tasks.md)
-SENTIMENT_CONTEXT = "Movie review: {text}\nIs the review positive or negative?"
+SENTIMENT_CONTEXT = "Movie review: {text}\nSentiment:"
 SENTIMENT_CONTINUATIONS: tuple[str, str] = (" negative", " positive")
 _SENTIMENT_QUESTION = "Is the review positive or negative?"
 
@@ -90,6 +90,7 @@ def sentiment_loglik_pairs(
 
 
 def sentiment_letter_prompt(text: str) -> str:
-    """The multiple-choice prompt of a snippet; the text comes before the question, so a
-    prompt truncated on the left loses the start of a long text, not the question."""
+    """The paper-style multiple-choice prompt of a snippet; the text comes before the
+    question, so a prompt truncated on the left loses the start of a long text, not the
+    question."""
     return letter_prompt(f"Movie review: {text} {_SENTIMENT_QUESTION}", SENTIMENT_CHOICES)
