@@ -221,9 +221,9 @@ def test_missing_package_and_failing_hub_is_one_line_error(monkeypatch) -> None:
 def test_hub_fallback_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     use_package(monkeypatch, None)
     hub = {
-        "train": [("Good film.", 1), ("Bad film.", 0), ("shared text", 1), ("conflict", 1)],
-        "validation": [("Fine film.", 1), ("shared text", 1)],
-        "test": [("Awful film.", 0), ("Conflict!", 0), ("SHARED TEXT", 1)],
+        "train": [("Good film.", 1), ("Bad film.", 0), ("Shared text", 1), ("conflict", 1)],
+        "validation": [("Fine film.", 1), ("shared text.", 1)],
+        "test": [("Awful film.", 0), ("Conflict!", 0), ("shared text", 1)],
     }
     calls = []
 
@@ -236,7 +236,7 @@ def test_hub_fallback_without_the_package(monkeypatch: pytest.MonkeyPatch) -> No
     assert {s: sorted((ex.question, ex.label) for ex in v) for s, v in splits.items()} == {
         "train": [("Bad film.", 0), ("Good film.", 1)],
         "dev": [("Fine film.", 1)],
-        "test": [("Awful film.", 0), ("SHARED TEXT", 1)],  # a shared text stays in test
+        "test": [("Awful film.", 0), ("shared text", 1)],  # a shared text stays in test
     }
     assert {path for path, _, _ in calls} == {HUB_PATH}
     assert {split for _, _, split in calls} == {"train", "validation", "test"}
