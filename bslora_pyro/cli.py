@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", required=True,
                           help="e.g. arc_challenge, mmlu:college_physics, file:PATH (a .jsonl, "
                                ".json or .csv file) or hub:ID (a hub dataset)")
-    evaluate.add_argument("--split", help="split of the task (default dev) or hub dataset")
+    evaluate.add_argument("--split", help="split of the task (default: its only split, else "
+                                          "dev) or hub dataset")
     evaluate.add_argument("--column", action="append", default=[], metavar="KEY=VALUE",
                           help="column mapping of a file: or hub: set, e.g. --column question=Q "
                                "(default: the run's own training-data mapping)")

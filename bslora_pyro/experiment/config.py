@@ -68,6 +68,14 @@ CUSTOM_KEYS = ("path", "format", "hub_config", "name", "question", "choices", "a
                "answer_type", "context", "prompt", "id")
 
 
+def only_split(task: str) -> str | None:
+    """The split of a built-in task that has exactly one, else None."""
+    from bslora_pyro.data import TASK_SPLITS
+
+    splits = TASK_SPLITS.get(task, ())
+    return splits[0] if len(splits) == 1 else None
+
+
 @dataclass
 class SplitConfig:
     """One set: a built-in ``task`` (``bslora_pyro.data.available_tasks()``) and its
@@ -75,7 +83,8 @@ class SplitConfig:
     ``format: hub`` a hub dataset id and its ``split``) and the columns ``question``,
     ``choices`` (one column holding a list, or a list of columns) and ``answer`` (read as
     ``answer_type``: index, letter or text), optionally ``context``, ``prompt`` (a template),
-    ``id``, ``hub_config`` and ``name`` (the set's label)."""
+    ``id``, ``hub_config`` and ``name`` (the set's label). A task with one split (an
+    unlabelled OOD set such as ``movie_plots``) needs no ``split``."""
 
     task: str | None = None
     split: str | None = None
@@ -98,6 +107,8 @@ class SplitConfig:
             given = [key for key in CUSTOM_KEYS if getattr(self, key) is not None]
             if given:
                 raise ValueError(f"{given[0]} needs path (your own data file or hub dataset)")
+            if self.task is not None and self.split is None:
+                self.split = only_split(self.task)
             if self.task is None or self.split is None:
                 raise ValueError("give task and split (a built-in task) or path (your own data)")
             return

@@ -42,9 +42,10 @@ def load_split(split: SplitConfig, data_dir: str | None) -> list:
 def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     """``(train, validation)``: the training split and the validation split, which is
     ``data.validation`` or the seeded ``data.validation_fraction`` of the training split
-    (empty when neither is set). An evaluation or validation set drawn from the training
-    split itself is refused, so no evaluation question is trained or validated on (the
-    evaluation sets are read by :func:`load_eval_data`)."""
+    (empty when neither is set). An unlabelled training or validation split is refused, and
+    so is an evaluation or validation set drawn from the training split itself, so no
+    evaluation question is trained or validated on (the evaluation sets are read by
+    :func:`load_eval_data`)."""
     from bslora_pyro.data import DataError
     from bslora_pyro.data.validation import split_validation
 
@@ -52,6 +53,7 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     if not train:
         raise DataError(f"data.train {config.data.train.label} has no examples "
                         f"(limit={config.data.train.limit})")
+    refuse_unlabelled(train, f"data.train {config.data.train.label}", "train")
     validation: list = []
     if config.data.validation is not None:
         split = config.data.validation
@@ -62,6 +64,7 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
         if not validation:
             raise DataError(f"data.validation {split.label} has no examples "
                             f"(limit={split.limit})")
+        refuse_unlabelled(validation, f"data.validation {split.label}", "validate")
     elif config.data.validation_fraction > 0:
         try:
             train, validation = split_validation(train, config.data.validation_fraction,
@@ -79,6 +82,17 @@ def load_training_data(config: ExperimentConfig) -> tuple[list, list]:
     return train, validation
 
 
+def refuse_unlabelled(examples: list, where: str, use: str) -> None:
+    """A one-line error when an example of ``examples`` has no answer (an OOD set)."""
+    from bslora_pyro.data import DataError
+
+    unlabelled = next((ex for ex in examples if not ex.labelled), None)
+    if unlabelled is not None:
+        raise DataError(f"{where} is an unlabelled set (example {unlabelled.uid!r} has no "
+                        f"answer); {use} on a labelled split and list it under data.eval "
+                        "after the in-distribution set, for OOD detection")
+
+
 def load_eval_set(split: SplitConfig, data_dir: str | None, where: str) -> list:
     """One evaluation set read in full, so a bad row fails now rather than after the
     backbone has loaded and the method trained; an empty set is an error naming ``where``."""
@@ -91,8 +105,12 @@ def load_eval_set(split: SplitConfig, data_dir: str | None, where: str) -> list:
 
 
 def load_eval_data(config: ExperimentConfig) -> list[list]:
-    """The examples of every ``data.eval`` set, in order (see :func:`load_eval_set`)."""
-    return [load_eval_set(split, config.data.dir, "data.eval") for split in config.data.eval]
+    """The examples of every ``data.eval`` set, in order (see :func:`load_eval_set`); the
+    first, the in-distribution reference of the OOD scores, must be labelled."""
+    sets = [load_eval_set(split, config.data.dir, "data.eval") for split in config.data.eval]
+    refuse_unlabelled(sets[0], f"data.eval[0] {config.data.eval[0].label} (the "
+                      "in-distribution set)", "evaluate")
+    return sets
 
 
 def build_scorer_and_backbone(config: ExperimentConfig):

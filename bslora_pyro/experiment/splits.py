@@ -9,6 +9,7 @@ from bslora_pyro.experiment.config import (
     ExperimentConfig,
     SplitConfig,
     build_dataclass,
+    only_split,
 )
 from bslora_pyro.typed import check_field
 
@@ -39,14 +40,14 @@ def parse_columns(items: list[str]) -> dict:
 
 def evaluation_split(config: ExperimentConfig, task: str, split: str | None,
                      limit: int | None, columns: list[str]) -> SplitConfig:
-    """A built-in ``task`` (``split`` default dev), or ``file:PATH`` / ``hub:ID`` read with
+    """A built-in ``task`` (``split`` default: its only split, else dev), or ``file:PATH`` / ``hub:ID`` read with
     the run's training-set column mapping (when it was your own data) updated by
     ``columns``; ``limit`` is checked as the config key ``limit`` is."""
     limit = check_field(SplitConfig, "limit", limit, "--limit")
     if not task.startswith((FILE_PREFIX, HUB_PREFIX)):
         if columns:
             raise ConfigError("--column applies to --task file:PATH or hub:ID only")
-        return SplitConfig(task, split or "dev", limit)
+        return SplitConfig(task, split or only_split(task) or "dev", limit)
     kind, _, path = task.partition(":")
     if not path:
         raise ConfigError(f"--task {task!r}: give a path after {kind}:")

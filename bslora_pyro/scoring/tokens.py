@@ -11,6 +11,9 @@ from torch import Tensor
 
 from bslora_pyro.data.example import MultipleChoiceExample
 
+#: the label tensor's entry for an unlabelled example (``label`` None)
+UNLABELLED = -1
+
 
 def pad_id(tokenizer: Any) -> int:
     """The tokenizer's padding id (its end-of-sequence id when it has none, else 0)."""
@@ -64,9 +67,13 @@ def choice_mask(examples: Sequence[MultipleChoiceExample], num_choices: int) -> 
 
 
 def common(examples: list[MultipleChoiceExample]) -> tuple[int, Tensor, Tensor]:
-    """The batch's number of choices ``C``, its labels ``[B]`` and choice mask ``[B, C]``."""
+    """The batch's number of choices ``C``, its labels ``[B]`` and choice mask ``[B, C]``.
+
+    An unlabelled example (``label`` None, an OOD set) gets the label ``-1``: a tensor needs
+    an integer, and -1 is no choice index, so any accuracy against it is visibly wrong."""
     num_choices = max(ex.num_choices for ex in examples)
-    labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+    labels = torch.tensor([UNLABELLED if ex.label is None else ex.label for ex in examples],
+                          dtype=torch.long)
     return num_choices, labels, choice_mask(examples, num_choices)
 
 

@@ -42,7 +42,9 @@ class ScoringMode:
         if len(examples) == 0:
             raise ScoringError("no examples to encode")
         for ex in examples:
-            if ex.num_choices < 1 or not 0 <= ex.label < ex.num_choices:
+            if ex.num_choices < 1:
+                raise ScoringError(f"example {ex.uid!r} has no choices")
+            if ex.label is not None and not 0 <= ex.label < ex.num_choices:  # None: unlabelled
                 raise ScoringError(f"example {ex.uid!r}: label {ex.label} outside its choices")
             self.check_example(ex)
 
