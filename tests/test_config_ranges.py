@@ -47,6 +47,7 @@ RANGES: dict[str, tuple[str, Range]] = {
     "train.steps": POS_INT, "train.batch_size": POS_INT, "train.lr_factors": NONNEG,
     "train.lr_gates": NONNEG, "train.weight_decay": NONNEG, "train.warmup_ratio": UNIT,
     "train.num_particles": POS_INT, "train.grad_clip": NONNEG, "train.kl_weight": NONNEG,
+    "train.kl_warmup_ratio": UNIT,
     "train.seed": SEED, "train.grad_accumulation_steps": POS_INT,
     "train.validate_every": NONNEG_INT, "train.patience": NONNEG_INT,
     "predict.num_samples": POS_INT, "predict.batch_size": POS_INT,

@@ -31,6 +31,7 @@ from bslora_pyro.inference.svi import (
     after_step,
     batch_indices,
     clip_threshold,
+    kl_weight_at,
 )
 
 
@@ -202,6 +203,7 @@ class AccelerateTrainer(SVITrainer):
         index = batch_indices(len(examples), config.batch_size, self.step, config.seed)
         micro = shard(index, self.rank, self.processes, config.grad_accumulation_steps)
         self.method.set_progress(self.step / config.steps)
+        self.elbo.kl_weight = kl_weight_at(config, self.step)
         started = time.perf_counter()
         totals = torch.zeros(3, device=self.device)
         for part in micro:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -52,6 +52,9 @@ class TrainConfig:
             1.0); 0 disables. The loss itself is the dataset-scaled ELBO, so the threshold
             applied to its gradient is ``grad_clip * N``.
         kl_weight: 1.0 is the exact ELBO; anything else is reported as tempered.
+        kl_warmup_ratio: share of steps over which the KL's weight rises linearly from 0
+            to ``kl_weight`` (a KL annealing schedule that lets q move away from the prior
+            early on; the objective is tempered until the warm-up ends); 0: none.
         seed: seeds the data order and every random draw.
         mixed_precision / grad_accumulation_steps: ``no``/``bf16``/``fp16`` autocast and
             micro-steps per optimizer step (same global batch); either one, or a multi-process
@@ -74,6 +77,7 @@ class TrainConfig:
     per_example_masks: bool = False
     grad_clip: NonNegativeFloat = 1.0
     kl_weight: NonNegativeFloat = 1.0
+    kl_warmup_ratio: UnitFloat = field(default=0.0, metadata={"omit_at_default": True})
     seed: Seed = 0
     mixed_precision: str = "no"
     grad_accumulation_steps: PositiveInt = 1
@@ -119,6 +123,15 @@ def linear_schedule(steps: int, warmup_ratio: float) -> Callable[[int], float]:
         return max(0.0, (steps - step) / max(1, steps - warmup))
 
     return factor
+
+
+def kl_weight_at(config: TrainConfig, step: int) -> float:
+    """The KL's weight at ``step``: ``kl_weight``, ramped up linearly from 0 over the first
+    ``kl_warmup_ratio`` of the steps."""
+    warmup = config.kl_warmup_ratio * config.steps
+    if warmup <= 0:
+        return config.kl_weight
+    return config.kl_weight * min(1.0, (step + 1) / warmup)
 
 
 def clip_threshold(config: TrainConfig, num_data: int) -> float:
@@ -190,6 +203,7 @@ class SVITrainer:
         batch = self.encode([examples[i] for i in index.tolist()])
         batch = batch.to(self.device) if hasattr(batch, "to") else batch
         self.method.set_progress(self.step / config.steps)
+        self.elbo.kl_weight = kl_weight_at(config, self.step)
         started = time.perf_counter()
         terms = self.method.training_loss(
             batch,
@@ -226,6 +240,8 @@ class SVITrainer:
             "clipped": bool(norm.item() > max_norm),
             **self.method.training_metrics(),
         }
+        if self.elbo.kl_weight != 1.0:
+            record["kl_weight"] = self.elbo.kl_weight  # a tempered objective at this step
         if terms.penalty.item():
             record["penalty"] = terms.penalty.item()  # the factors' negative log prior
         self.step += 1
