@@ -4,6 +4,8 @@ shared) and compared in one table.
 
     python experiments/calibration_study.py experiments/configs/quickstart.yaml \
         experiments/study_variants.yaml --out runs/study --seeds 0
+
+Several variants files run one after the other (``--only`` picks from all of them).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from bslora_pyro.experiment.grid import run_variants, select_variants
 
 def main(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set, args.data_dir)
-    variants = select_variants(yaml.safe_load(open(args.variants))["variants"], args.only)
+    variants = [v for path in args.variants for v in yaml.safe_load(open(path))["variants"]]
+    variants = select_variants(variants, args.only)
     seeds = [int(s) for s in args.seeds.split(",")]
     markdown, _ = run_variants(config, args.out, variants, seeds, progress=not args.quiet)
     print(markdown)
@@ -27,7 +30,8 @@ def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config")
-    parser.add_argument("variants", help="YAML with a list `variants: [{name, method, set}]`")
+    parser.add_argument("variants", nargs="+",
+                        help="YAML file(s) with a list `variants: [{name, method, set}]`")
     parser.add_argument("--out", default="runs/study")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--only", help="comma-separated variant names to run")

@@ -30,7 +30,8 @@ from bslora_pyro.data.tasks.sentiment import HUB_PATH, INSTALL, normalise
 from bslora_pyro.experiment.config import ExperimentConfig, SplitConfig, build_dataclass
 from bslora_pyro.experiment.setup import load_training_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
 import choose_sentiment_prompt  # noqa: E402
 
 TEST, DEV = 6, 4
@@ -346,3 +347,37 @@ def test_the_in_distribution_set_must_be_labelled(package: Path, tmp_path: Path)
                                 "split: test}]"])
     with pytest.raises(DataError, match=r"data.eval\[0\] movie_plots:test .* unlabelled"):
         load_eval_data(config)
+
+
+def test_the_benchmark_scripts_run_methods_study_and_tables(package: Path, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """experiments/sentiment_grid.sh's steps on a tiny model: a learned gated run, its
+    matched random-dropout control, a baseline, and both tables."""
+    import calibration_study
+    import sentiment_tables
+
+    model = save_tiny_model(tmp_path / "model")
+    config = yaml.safe_load((ROOT / "experiments" / "configs" / "sentiment.yaml").read_text())
+    config["model"].update(name=str(model), max_length=48)
+    config["data"] = {"train": {"task": "movie_reviews", "split": "train", "limit": 24},
+                      "validation": {"task": "movie_reviews", "split": "dev"},
+                      "eval": [{"task": "movie_reviews", "split": "test"},
+                               {"task": "movie_plots"}, {"task": "news_headlines"}]}
+    config["adapter"].update(r=2, alpha=4, layers="-1:")
+    config["train"].update(steps=3, batch_size=4)
+    config["predict"].update(num_samples=2, batch_size=4)
+    path = tmp_path / "sentiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "runs"
+    calibration_study.main(calibration_study.parse_args(
+        [str(path), str(ROOT / "experiments" / "sentiment_methods.yaml"),
+         str(ROOT / "experiments" / "sentiment_study.yaml"), "--out", str(out), "--seeds",
+         "0,1", "--quiet", "--only", "bslora,bslora__matched,p0_0.1,p0_0.1__matched"]))
+    sentiment_tables.main(sentiment_tables.parse_args([str(out)]))
+    tables = (out / "tables.md").read_text()
+    assert "## Out of distribution: news_headlines:test" in tables
+    assert "Validated gated setting (lowest mean validation NLL over 2 seeds)" in tables
+    study = (out / "study.md").read_text()
+    rows = [line for line in study.splitlines() if line.startswith("| bslora |")
+            or line.startswith("| p0_0.1 |")]
+    assert len(rows) == 2 and all(" | 2 | " in row for row in rows)

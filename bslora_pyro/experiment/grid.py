@@ -72,7 +72,8 @@ def run_variants(
     rerun: bool = False,
 ) -> tuple[str, str]:
     """Run named variants ``{"name", "method", "set": [...]}`` x seeds into
-    ``out_dir/<name>/seed<k>``, and compare them. Runs share a scorer (and its cache of
+    ``out_dir/<name>/seed<k>``, and compare them. ``{out}`` in a ``set`` entry is
+    ``out_dir`` (and ``{seed}`` in a string method option is the run's seed). Runs share a scorer (and its cache of
     frozen-prefix states) where their backbone and scoring settings agree; a variant that
     changes ``model.*`` gets a scorer of its own.
 
@@ -85,7 +86,7 @@ def run_variants(
     runs = []
     # every run's config (a seed, a method's options, a variant's --set) is checked first
     plan = [(variant, seed, variant_config(config, variant["name"], variant["method"],
-                                           variant.get("set", []), seed))
+                                           _overrides(variant, out_dir), seed))
             for variant in variants for seed in seeds]
     for variant, seed, cfg in plan:
         run_dir = out_dir / variant["name"] / f"seed{seed}"
@@ -105,6 +106,12 @@ def run_variants(
             _, scorers[key] = build_scorer_and_backbone(cfg)
         run_experiment(cfg, run_dir, progress, scorer=scorers[key], resume=resume)
     return _write_comparison(out_dir, runs)
+
+
+def _overrides(variant: dict, out_dir: Path) -> list[str]:
+    """A variant's ``set`` list with ``{out}`` replaced by the grid's output folder (e.g. a
+    matched control's ``match_run: {out}/bslora/seed{seed}``)."""
+    return [text.replace("{out}", str(out_dir)) for text in variant.get("set", [])]
 
 
 def scorer_key(config: ExperimentConfig) -> str:
