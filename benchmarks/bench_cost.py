@@ -24,7 +24,10 @@ top ``--sentiment-top`` blocks and on lm_head. Timed, both with the frozen-prefi
 reviews, and M-draw Bayesian sparse LoRA prediction over the same reviews; also the part of
 the MLE pass that every draw shares (serving the block-k states from the cache, packing the
 two choices' rows). The floor of the M-draw pass is that shared part once plus M times the
-rest of the MLE pass (the adapted blocks and the head on the continuation tokens). The
+rest of the MLE pass (the adapted blocks and the head on the continuation tokens). With
+``--cold`` both passes are also timed with an empty cache (the frozen blocks run in each):
+a cold M-draw pass against a warm MLE pass counts the frozen prefix in one and not the
+other, which is not the comparison the warm ratio makes. The
 reviews are the test split of the ``movie_reviews`` task where it can be loaded, else
 synthetic review-like snippets of 15 to 35 words.
 
@@ -67,6 +70,7 @@ from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.data.prompts import loglik_pairs
 from bslora_pyro.methods.base import PlainLora
 from bslora_pyro.scoring import ChoiceScorer
+from bslora_pyro.scoring.prefix import PrefixCache
 
 MODELS = ("tiny", "minilm", "smollm2")
 WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing".split()
@@ -134,6 +138,10 @@ RATIOS = (
           "predict_sent_mle_cpu"),
     Ratio("floor / cached MLE pass", "predict_sent_floor", "predict_sent_mle"),
     Ratio("M={M} sentiment / its floor", "predict_sent_bayes", "predict_sent_floor"),
+    Ratio("M={M} sentiment cold / cold MLE pass", "predict_sent_bayes_cold",
+          "predict_sent_mle_cold"),
+    Ratio("M={M} sentiment cold / cached MLE pass", "predict_sent_bayes_cold",
+          "predict_sent_mle"),
     Ratio("trainable params / project LoRA", "params_bayes", "params_plain"),
     Ratio("peft params / project LoRA", "params_peft", "params_plain"),
 )
@@ -171,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sentiment: reviews per batch (predict.batch_size)")
     parser.add_argument("--sentiment-top", default="4",
                         help="sentiment: adapted top blocks, one setting per comma-separated value")
+    parser.add_argument("--cold", action="store_true",
+                        help="sentiment: also time both passes with an empty prefix cache")
     add_measure_args(parser)
     args = parser.parse_args(argv)
     unknown = set(args.models.split(",")) - set(MODELS)
@@ -574,6 +584,21 @@ def shared_fn(method, batches) -> Callable[[], None]:
     return run
 
 
+def with_empty_cache(method, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with an empty prefix cache of the same budget (a cold pass: every batch
+    runs its frozen prefix), the warm cache put back afterwards."""
+
+    def run() -> Any:
+        warm = method.scorer.prefix_cache
+        method.scorer.prefix_cache = PrefixCache(warm.budget_bytes / 2**20, warm.device)
+        try:
+            return fn()
+        finally:
+            method.scorer.prefix_cache = warm
+
+    return run
+
+
 def measure_sentiment(spec: Spec, top: int, args, device: torch.device) -> dict[str, Any]:
     """Warm cached MLE pass, M-draw Bayesian prediction and their shared part over the same
     reviews, with the top ``top`` blocks adapted (see the module docstring)."""
@@ -604,6 +629,9 @@ def measure_sentiment(spec: Spec, top: int, args, device: torch.device) -> dict[
 
     fns = {"predict_sent_mle": mle_pass, "predict_sent_bayes": bayes_pass,
            "predict_sent_shared": shared_fn(mle, batches)}
+    if args.cold:
+        fns["predict_sent_mle_cold"] = with_empty_cache(mle, mle_pass)
+        fns["predict_sent_bayes_cold"] = with_empty_cache(bayes, bayes_pass)
     cpu: dict[str, list[float]] = {}
     out: dict[str, Any] = time_interleaved(fns, args.steps, args.warmup, device, cpu)
     out.update({f"{name}_cpu": values for name, values in cpu.items()})
@@ -617,8 +645,9 @@ def measure_sentiment(spec: Spec, top: int, args, device: torch.device) -> dict[
     out.update({
         "reviews": len(examples),
         "source": source,
-        "tokens_per_review": statistics.median(
-            int(b.attention_mask[q, 0].sum()) for b in batches for q in range(b.num_examples)
+        "tokens_per_review": statistics.median(  # context and a continuation, per question
+            int(mask.sum()) for b in batches
+            for mask in b.attention_mask.reshape(b.num_examples, -1, b.attention_mask.shape[-1])[:, 0]
         ),
         "cached_rows": {k: len(m.scorer.prefix_cache) for k, m in methods.items()},
         "rows": rows,
@@ -694,12 +723,12 @@ def _timing_lines(model: str, label: str, values: dict[str, Any]) -> list[str]:
         if key.startswith(("train", "predict")):
             s = {k: v * 1000 for k, v in stats(value).items()}
             lines.append(
-                f"{model:<12} {label:<8} {key + ' ms':<26} "
+                f"{model:<12} {label:<8} {key + ' ms':<31} "
                 f"{s['median']:>9.1f} {s['min']:>9.1f} {s['max']:>9.1f}"
             )
         elif key.startswith(("mem", "base_mb")):
             name = key if key.endswith("_mb") else key + " MB"
-            lines.append(f"{model:<12} {label:<8} {name:<26} {value:>9.1f} {'-':>9} {'-':>9}")
+            lines.append(f"{model:<12} {label:<8} {name:<31} {value:>9.1f} {'-':>9} {'-':>9}")
     return lines
 
 
@@ -709,8 +738,19 @@ def format_tables(results: dict, ratios: list[dict], env: dict[str, Any]) -> str
         f"device={env['device']} ({env['device_name']}) dtype={env['dtype']} "
         f"threads={env['threads']} B={args['batch_size']} T<={args['seq_len']} "
         f"M={args['draws']} r={args['rank']} steps={args['steps']} warmup={args['warmup']}",
+    ]
+    for model, settings in results.items():
+        for values in settings.values():
+            if "source" in values:  # a sentiment setting: its own data
+                lines.append(
+                    f"{model} {values['blocks']}: {values['reviews']} reviews "
+                    f"({values['source']}, median {values['tokens_per_review']} tokens with "
+                    f"the prompt), {args.get('sentiment_batch_size')} per batch, "
+                    f"choice_loglik, LoRA on {', '.join(SENTIMENT_TARGETS)}"
+                )
+    lines += [
         "",
-        f"{'model':<12} {'layers':<8} {'measure':<26} {'median':>9} {'min':>9} {'max':>9}",
+        f"{'model':<12} {'layers':<8} {'measure':<31} {'median':>9} {'min':>9} {'max':>9}",
     ]
     for model, settings in results.items():
         for placement, values in settings.items():

@@ -51,22 +51,25 @@ def test_sentiment_section_times_warm_passes_and_reports_the_floor(
     monkeypatch.setattr(bench_cost, "sentiment_examples", lambda count, seed: (
         [bench_cost.review_example(f"r{i}", text, i % 2)
          for i, text in enumerate(bench_cost.synthetic_reviews(count, seed))], "synthetic"))
-    report = bench_cost.main(smoke_args(bench_cost, tmp_path))
+    report = bench_cost.main(smoke_args(bench_cost, tmp_path, "--cold"))
     settings = report["results"]["tiny"]
     assert set(settings) == {"sent2", "sent3"}
     for values in settings.values():
         assert SENTIMENT | {f"{k}_cpu" for k in SENTIMENT} <= set(values)
+        assert {"predict_sent_mle_cold", "predict_sent_bayes_cold"} <= set(values)
         assert all(len(values[k]) == 2 for k in SENTIMENT)  # one per timed round
         assert values["cached_rows"] == {"mle": 12, "bayes": 12} and values["rows"] == 12
         for shared, mle, floor in zip(values["predict_sent_shared"], values["predict_sent_mle"],
                                       values["predict_sent_floor"], strict=True):
             assert floor == pytest.approx(shared + 3 * (mle - shared))
-    # the prefix ran only in the warm-up round: once per batch (2) and method (2) and setting
-    assert len(computed) == 2 * 2 * 2
+    # per setting the warm passes ran the prefix only in the warm-up round, once per batch (2)
+    # and method (2); the cold passes in every round (3) too
+    assert len(computed) == 2 * (2 * 2 + 3 * 2 * 2)
     labels = {(row["layers"], row["metric"]) for row in report["ratios"]}
     for blocks in ("sent2/8", "sent3/8"):
         for metric in ("M=3 sentiment / cached MLE pass", "floor / cached MLE pass",
-                       "M=3 sentiment / its floor", "M=3 sentiment / cached MLE, CPU time"):
+                       "M=3 sentiment / its floor", "M=3 sentiment / cached MLE, CPU time",
+                       "M=3 sentiment cold / cold MLE pass"):
             assert (blocks, metric) in labels
     assert all(row["met"] is None for row in report["ratios"])  # stated for 30 blocks only
     assert json.loads((tmp_path / "bench.json").read_text())["ratios"] == report["ratios"]
