@@ -15,6 +15,23 @@ variant alike:
   user without the cache runs it), an M-draw ``BayesianLora`` prediction (one batched forward,
   frozen prefix from the cache) and M sequential single-draw full forwards.
 
+A third section (``--sections sentiment``) times prediction on a sentiment task in
+``choice_loglik`` mode, the setting of a review classifier: each of ``--reviews`` movie
+reviews is scored by the log-likelihood of " negative" and " positive" after the
+``movie_reviews`` task's prompt (``Movie review: {text}\nSentiment:``), with r-``--rank``
+LoRA on q_proj, v_proj of the
+top ``--sentiment-top`` blocks and on lm_head. Timed, both with the frozen-prefix cache warm
+(filled by the untimed warm-up round): one pass of the project's plain LoRA (MLE) over the
+reviews, and M-draw Bayesian sparse LoRA prediction over the same reviews; also the part of
+the MLE pass that every draw shares (serving the block-k states from the cache, packing the
+two choices' rows). The floor of the M-draw pass is that shared part once plus M times the
+rest of the MLE pass (the adapted blocks and the head on the continuation tokens). With
+``--cold`` both passes are also timed with an empty cache (the frozen blocks run in each):
+a cold M-draw pass against a warm MLE pass counts the frozen prefix in one and not the
+other, which is not the comparison the warm ratio makes. The
+reviews are the test split of the ``movie_reviews`` task where it can be loaded, else
+synthetic review-like snippets of 15 to 35 words.
+
 Every ratio names its reference (see ``RATIOS``). Peak memory of a method: what building it
 (its backbone copy included) and two training steps add to the peak (on GPU
 ``max_memory_allocated`` above the allocation before; on CPU peak RSS above the RSS before,
@@ -22,6 +39,7 @@ read from /proc after resetting the high-water mark). Prints the timings (median
 the ratios against the targets of issue #4, and writes everything to ``--out`` as JSON::
 
     python benchmarks/bench_cost.py --models tiny,smollm2 --steps 5
+    python benchmarks/bench_cost.py --models smollm2 --sections sentiment --reviews 400
 
 ``benchmarks/gpu_cost.py`` runs the same measurements on random-init model shapes on a GPU.
 """
@@ -53,11 +71,23 @@ from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.data.prompts import loglik_pairs
 from bslora_pyro.methods.base import PlainLora
 from bslora_pyro.scoring import ChoiceScorer
+from bslora_pyro.scoring.prefix import PrefixCache
 
 MODELS = ("tiny", "minilm", "smollm2")
 WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing".split()
 CHOICE_WORDS = ("red", "blue", "green", "yellow", "black")
 KINDS = ("peft", "plain", "bayes")  # peft's LoRA, the project's plain LoRA, Bayesian sparse
+SECTIONS = ("cost", "sentiment")
+SENTIMENT_TARGETS = ["q_proj", "v_proj", "lm_head"]
+REVIEW_WORDS = {
+    "openers": ("this film", "the movie", "the director's latest", "a sequel that", "the script",
+                "its cast", "the story", "every scene"),
+    "verbs": ("is", "feels", "remains", "turns out", "plays as", "comes across as", "seems"),
+    "words": ("a", "warm", "clumsy", "funny", "tedious", "sharp", "beautifully", "shot", "and",
+              "with", "dull", "moving", "performances", "that", "never", "quite", "land",
+              "smart", "dialogue", "overlong", "but", "charming", "mess", "of", "ideas",
+              "the", "ending", "earns", "its", "tears", "lazy", "thriller", "gorgeous"),
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,18 @@ RATIOS = (
           {"all": 0.9}),
     Ratio("train uncached / cached prefix", "train_no_prefix", "train_bayes", {"top": 4.0},
           ">=", min_blocks=30),
+    # issue 28: M = 10 prediction on the sentiment task at most 12x a cached MLE pass, top 4
+    # of 30 blocks adapted; both passes warm
+    Ratio("M={M} sentiment / cached MLE pass", "predict_sent_bayes", "predict_sent_mle",
+          {"sent4": 12.0}, min_blocks=30),
+    Ratio("M={M} sentiment / cached MLE, CPU time", "predict_sent_bayes_cpu",
+          "predict_sent_mle_cpu"),
+    Ratio("floor / cached MLE pass", "predict_sent_floor", "predict_sent_mle"),
+    Ratio("M={M} sentiment / its floor", "predict_sent_bayes", "predict_sent_floor"),
+    Ratio("M={M} sentiment cold / cold MLE pass", "predict_sent_bayes_cold",
+          "predict_sent_mle_cold"),
+    Ratio("M={M} sentiment cold / cached MLE pass", "predict_sent_bayes_cold",
+          "predict_sent_mle"),
     Ratio("trainable params / project LoRA", "params_bayes", "params_plain"),
     Ratio("peft params / project LoRA", "params_peft", "params_plain"),
 )
@@ -130,11 +172,30 @@ def add_measure_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,minilm,smollm2", help=f"subset of {MODELS}")
+    parser.add_argument("--sections", default="cost,sentiment", help=f"subset of {SECTIONS}")
+    parser.add_argument("--reviews", type=int, default=64, help="sentiment: reviews scored")
+    parser.add_argument("--sentiment-batch-size", type=int, default=8,
+                        help="sentiment: reviews per batch (predict.batch_size)")
+    parser.add_argument("--sentiment-top", default="4",
+                        help="sentiment: adapted top blocks, one setting per comma-separated value")
+    parser.add_argument("--cold", action="store_true",
+                        help="sentiment: also time both passes with an empty prefix cache")
     add_measure_args(parser)
     args = parser.parse_args(argv)
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    sections = set(args.sections.split(","))
+    if not sections or sections - set(SECTIONS):
+        parser.error(f"--sections {args.sections!r}: choose from {SECTIONS}")
+    try:
+        args.sentiment_top = [int(value) for value in args.sentiment_top.split(",")]
+    except ValueError:
+        parser.error(f"--sentiment-top {args.sentiment_top!r}: comma-separated block counts")
+    if args.reviews < 1 or args.sentiment_batch_size < 1 or min(args.sentiment_top) < 1:
+        parser.error("--reviews, --sentiment-batch-size and --sentiment-top must be positive")
+    if "sentiment" in sections and args.warmup < 1:
+        parser.error("--warmup must be at least 1 for the sentiment section (it warms the cache)")
     return args
 
 
@@ -226,10 +287,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], steps: int, warmup: int, device: torch.device
+    fns: dict[str, Callable[[], Any]],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of each function in ``steps`` rounds (one call of each per round, in turn)
-    after ``warmup`` untimed rounds."""
+    after ``warmup`` untimed rounds; ``cpu_times`` (when given) gets this process's CPU
+    seconds of each call, which other jobs on a shared CPU disturb less than wall time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -237,10 +303,12 @@ def time_interleaved(
     for _ in range(steps):
         for name, fn in fns.items():
             _sync(device)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(time.process_time() - cpu)
     return times
 
 
@@ -456,6 +524,167 @@ def run_setting(spec: Spec, layers: str | None, args, device: torch.device) -> d
     return out
 
 
+# ---------------------------------------------------------------------------- sentiment
+
+
+def synthetic_reviews(count: int, seed: int) -> list[str]:
+    """``count`` review-like snippets of 15 to 35 words (seeded)."""
+    rng = torch.Generator().manual_seed(seed)
+    pick = lambda words: words[int(torch.randint(len(words), (1,), generator=rng))]  # noqa: E731
+    reviews = []
+    for _ in range(count):
+        size = int(torch.randint(12, 33, (1,), generator=rng))
+        words = [pick(REVIEW_WORDS["words"]) for _ in range(size)]
+        opener = f"{pick(REVIEW_WORDS['openers'])} {pick(REVIEW_WORDS['verbs'])}"
+        reviews.append(f"{opener} {' '.join(words)}.".capitalize())
+    return reviews
+
+
+def review_example(uid: str, text: str, label: int) -> MultipleChoiceExample:
+    """A synthetic review as the ``movie_reviews`` task builds one (its prompts)."""
+    from bslora_pyro.data.prompts import (
+        SENTIMENT_CHOICES,
+        sentiment_letter_prompt,
+        sentiment_loglik_pairs,
+    )
+
+    return MultipleChoiceExample(
+        uid=uid,
+        question=text,
+        choices=SENTIMENT_CHOICES,
+        label=label,
+        letter_prompt=sentiment_letter_prompt(text),
+        loglik_pairs=sentiment_loglik_pairs(text),
+    )
+
+
+def sentiment_examples(count: int, seed: int) -> tuple[list[MultipleChoiceExample], str]:
+    """The first ``count`` reviews of the ``movie_reviews`` test split where that task loads,
+    else synthetic ones; and which of the two."""
+    try:
+        from bslora_pyro.data import load_task
+
+        examples = load_task("movie_reviews", "test", limit=count)
+    except Exception as error:  # an unknown task, a missing file or package: synthetic text
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"sentiment: movie_reviews not loaded ({reason}); synthetic reviews")
+    else:
+        if len(examples) == count:
+            return examples, "movie_reviews test"
+        print(f"sentiment: movie_reviews has {len(examples)} test reviews; synthetic reviews")
+    texts = synthetic_reviews(count, seed)
+    return [review_example(f"review{i}", t, i % 2) for i, t in enumerate(texts)], "synthetic"
+
+
+def shared_fn(method, batches) -> Callable[[], None]:
+    """What every draw of a batch shares: the scorer's plan (block-k states from the prefix
+    cache, the packed rows and their block context), the part of a pass the draws do not
+    repeat."""
+
+    @torch.no_grad()
+    def run() -> None:
+        for batch in batches:
+            method.scorer._plan(method.backbone, batch)
+
+    return run
+
+
+def with_empty_cache(method, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with an empty prefix cache of the same budget (a cold pass: every batch
+    runs its frozen prefix), the warm cache put back afterwards."""
+
+    def run() -> Any:
+        warm = method.scorer.prefix_cache
+        method.scorer.prefix_cache = PrefixCache(warm.budget_bytes / 2**20, warm.device)
+        try:
+            return fn()
+        finally:
+            method.scorer.prefix_cache = warm
+
+    return run
+
+
+def measure_sentiment(spec: Spec, top: int, args, device: torch.device) -> dict[str, Any]:
+    """Warm cached MLE pass, M-draw Bayesian prediction and their shared part over the same
+    reviews, with the top ``top`` blocks adapted (see the module docstring)."""
+    examples, source = sentiment_examples(args.reviews, args.seed)
+    config = AdapterConfig(r=args.rank, alpha=2.0 * args.rank,
+                           target_modules=list(SENTIMENT_TARGETS), layers=f"-{top}:")
+    start = spec.num_blocks - top
+    methods = {}
+    for kind, build in (("mle", PlainLora), ("bayes", BayesianLora)):
+        torch.manual_seed(args.seed)
+        scorer = ChoiceScorer(spec.tokenizer, "choice_loglik", max_length=512, prefix_start=start)
+        methods[kind] = build(copy.deepcopy(spec.model), scorer, config).eval()
+    scorer = methods["mle"].scorer
+    size = args.sentiment_batch_size
+    batches = [scorer.encode(examples[i : i + size]).to(device)
+               for i in range(0, len(examples), size)]
+    mle, bayes = methods["mle"], methods["bayes"]
+
+    @torch.no_grad()
+    def mle_pass() -> None:
+        for batch in batches:
+            mle.predict_logits(batch)
+
+    @torch.no_grad()
+    def bayes_pass() -> None:
+        for batch in batches:
+            bayes.predict_logits(batch, args.draws)
+
+    fns = {"predict_sent_mle": mle_pass, "predict_sent_bayes": bayes_pass,
+           "predict_sent_shared": shared_fn(mle, batches)}
+    if args.cold:
+        fns["predict_sent_mle_cold"] = with_empty_cache(mle, mle_pass)
+        fns["predict_sent_bayes_cold"] = with_empty_cache(bayes, bayes_pass)
+    cpu: dict[str, list[float]] = {}
+    out: dict[str, Any] = time_interleaved(fns, args.steps, args.warmup, device, cpu)
+    out.update({f"{name}_cpu": values for name, values in cpu.items()})
+    for suffix in ("", "_cpu"):
+        pairs = zip(out[f"predict_sent_shared{suffix}"], out[f"predict_sent_mle{suffix}"],
+                    strict=True)
+        out[f"predict_sent_floor{suffix}"] = [
+            shared + args.draws * (total - shared) for shared, total in pairs
+        ]
+    rows = sum(int(b.choice_mask.sum()) for b in batches)
+    out.update({
+        "reviews": len(examples),
+        "source": source,
+        "tokens_per_review": statistics.median(  # context and a continuation, per question
+            int(mask.sum()) for b in batches
+            for mask in b.attention_mask.reshape(b.num_examples, -1, b.attention_mask.shape[-1])[:, 0]
+        ),
+        "cached_rows": {k: len(m.scorer.prefix_cache) for k, m in methods.items()},
+        "rows": rows,
+        "blocks": f"sent{top}/{spec.num_blocks}",
+        "num_blocks": spec.num_blocks,
+    })
+    if any(n != rows for n in out["cached_rows"].values()):  # a timed pass ran the prefix
+        raise RuntimeError(f"prefix cache not warm: {out['cached_rows']} of {rows} rows")
+    return out
+
+
+def measure_sentiment_models(
+    names: Sequence[str], load: Callable[[str, torch.device, torch.dtype], Spec], args
+) -> tuple[dict[str, dict[str, dict[str, Any]]], torch.device, torch.dtype]:
+    """The sentiment section for every causal LM among ``names`` (encoders are skipped)."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device, dtype = resolve_device(args)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        spec = load(name, device, dtype)
+        if spec.mode != "letter":  # not a causal LM: no continuation log-likelihoods
+            continue
+        results[name] = {}
+        for top in args.sentiment_top:
+            top = min(top, spec.num_blocks - 1)
+            results[name][f"sent{top}"] = measure_sentiment(spec, top, args, device)
+        del spec
+        gc.collect()
+    return results, device, dtype
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -499,12 +728,12 @@ def _timing_lines(model: str, label: str, values: dict[str, Any]) -> list[str]:
         if key.startswith(("train", "predict")):
             s = {k: v * 1000 for k, v in stats(value).items()}
             lines.append(
-                f"{model:<12} {label:<8} {key + ' ms':<26} "
+                f"{model:<12} {label:<8} {key + ' ms':<31} "
                 f"{s['median']:>9.1f} {s['min']:>9.1f} {s['max']:>9.1f}"
             )
         elif key.startswith(("mem", "base_mb")):
             name = key if key.endswith("_mb") else key + " MB"
-            lines.append(f"{model:<12} {label:<8} {name:<26} {value:>9.1f} {'-':>9} {'-':>9}")
+            lines.append(f"{model:<12} {label:<8} {name:<31} {value:>9.1f} {'-':>9} {'-':>9}")
     return lines
 
 
@@ -514,8 +743,19 @@ def format_tables(results: dict, ratios: list[dict], env: dict[str, Any]) -> str
         f"device={env['device']} ({env['device_name']}) dtype={env['dtype']} "
         f"threads={env['threads']} B={args['batch_size']} T<={args['seq_len']} "
         f"M={args['draws']} r={args['rank']} steps={args['steps']} warmup={args['warmup']}",
+    ]
+    for model, settings in results.items():
+        for values in settings.values():
+            if "source" in values:  # a sentiment setting: its own data
+                lines.append(
+                    f"{model} {values['blocks']}: {values['reviews']} reviews "
+                    f"({values['source']}, median {values['tokens_per_review']} tokens with "
+                    f"the prompt), {args.get('sentiment_batch_size')} per batch, "
+                    f"choice_loglik, LoRA on {', '.join(SENTIMENT_TARGETS)}"
+                )
+    lines += [
         "",
-        f"{'model':<12} {'layers':<8} {'measure':<26} {'median':>9} {'min':>9} {'max':>9}",
+        f"{'model':<12} {'layers':<8} {'measure':<31} {'median':>9} {'min':>9} {'max':>9}",
     ]
     for model, settings in results.items():
         for placement, values in settings.items():
@@ -592,7 +832,16 @@ def report(
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    results, device, dtype = measure_models(args.models.split(","), load_spec, args)
+    names = args.models.split(",")
+    sections = args.sections.split(",")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    device, dtype = resolve_device(args)
+    if "cost" in sections:
+        results, device, dtype = measure_models(names, load_spec, args)
+    if "sentiment" in sections:
+        sentiment, device, dtype = measure_sentiment_models(names, load_spec, args)
+        for name, settings in sentiment.items():
+            results.setdefault(name, {}).update(settings)
     return report(results, RATIOS, args, device, dtype)
 
 

@@ -66,14 +66,17 @@ def build(
     scorer: ChoiceScorer | None = None,
     seed: int = 0,
     attention: str | None = None,
+    lm_head: bool = False,
 ):
-    """A BayesianLora on a 4-block tiny model with non-zero factors."""
+    """A BayesianLora on a 4-block tiny model with non-zero factors (``lm_head``: the Llama's
+    LM head adapted too)."""
     torch.manual_seed(seed)
     if backbone == "llama":
         model = tiny_llama(num_layers=4, seed=seed)
         if attention is not None:
             model.set_attn_implementation(attention)
         tok, targets, heads = tiny_tokenizer("left"), ["q_proj", "v_proj", "down_proj"], []
+        targets += ["lm_head"] if lm_head else []
     else:
         model = tiny_bert(num_layers=4, seed=seed)
         tok, targets, heads = tiny_tokenizer("right"), ["query", "value"], ["classifier"]
@@ -205,6 +208,39 @@ def test_chunked_draws_match_one_forward(backbone, layers):
         assert_equal_up_to_rounding(
             chunked.logits(method.backbone, batch, 4), whole.logits(method.backbone, batch, 4)
         )
+
+
+@pytest.mark.parametrize("mode", ["letter", LOGLIK])
+def test_head_runs_once_over_all_draw_chunks_and_matches_the_full_forward(mode, monkeypatch):
+    """From a frozen prefix the blocks run draw chunk by draw chunk, the (gated) LM head then
+    once over the states of every draw, or in chunks of its own: the same numbers as the
+    plain full forward either way, with per-draw and per-example gates."""
+    method = build("llama", "2:", mode, lm_head=True)
+    assert "lm_head" in method.adapters
+    batch = method.scorer.encode(EXAMPLES)
+    slow = ChoiceScorer(method.scorer.tokenizer, mode, reuse_prefix=False)
+    blocks_chunked = ChoiceScorer(method.scorer.tokenizer, mode, draw_chunk_mb=None)
+    blocks_chunked._draws_per_chunk = lambda *args: 1
+    head_chunked = ChoiceScorer(method.scorer.tokenizer, mode, draw_chunk_mb=None)
+    head_chunked._head_draws_per_chunk = lambda *args: 1
+    calls: list[int] = []
+    head = type(blocks_chunked.scoring_mode).head
+
+    def counting_head(self, model, batch, picked, num_draws):
+        calls.append(num_draws)
+        return head(self, model, batch, picked, num_draws)
+
+    monkeypatch.setattr(type(blocks_chunked.scoring_mode), "head", counting_head)
+    torch.manual_seed(6)
+    for gates in (method.sample_gates(3), method.sample_gates(3 * len(EXAMPLES))):
+        expected = predict(method, batch, slow, gates, 3)
+        calls.clear()
+        assert_equal_up_to_rounding(predict(method, batch, blocks_chunked, gates, 3), expected)
+        assert calls == [3]  # three chunks of blocks, one head
+        calls.clear()
+        assert_equal_up_to_rounding(predict(method, batch, head_chunked, gates, 3), expected)
+        assert calls == [1, 1, 1]
+    assert not torch.allclose(expected[0], expected[1])  # the draws do differ
 
 
 @pytest.mark.parametrize("mode", ["letter", "choice_loglik"])

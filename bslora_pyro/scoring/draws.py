@@ -65,10 +65,15 @@ def draw_bytes(model: Any, rows: int, width: int, blocks: int, head: int, grad: 
     hidden = int(getattr(config, "hidden_size", 1024))
     inner = int(getattr(config, "intermediate_size", 4 * hidden))
     heads = int(getattr(config, "num_attention_heads", 16))
-    vocab = int(getattr(config, "vocab_size", 32000))
     elem = next(model.parameters()).element_size()
     block = rows * width * (6 * hidden + 3 * inner) * elem + rows * heads * width * width * 4
-    return block * (max(1, blocks) if grad else 1) + head * vocab * 8
+    return block * (max(1, blocks) if grad else 1) + head_bytes(model, head)
+
+
+def head_bytes(model: Any, head: int) -> int:
+    """A draw's head memory: ``head`` float32 vocabulary rows (logits, log-probabilities)."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 32000))
+    return head * vocab * 8
 
 
 def chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -86,4 +91,4 @@ def fitting_draws(
         budget_mb = AUTO_CHUNK_MB["cpu" if cpu else "accelerator"]
     if budget_mb is None or num_draws == 1:
         return num_draws
-    return max(1, min(num_draws, int(float(budget_mb) * 2**20) // per_draw()))
+    return max(1, min(num_draws, int(float(budget_mb) * 2**20) // max(1, per_draw())))

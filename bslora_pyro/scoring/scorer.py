@@ -8,7 +8,7 @@ m, ...)[d]`` is draw ``d``'s copy); inside a draw rows follow the questions, and
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,13 @@ from torch import Tensor
 from bslora_pyro.data.example import MultipleChoiceExample
 from bslora_pyro.scoring import tokens
 from bslora_pyro.scoring.batch import LETTERS, EncodedBatch, ScoringError, masked_fill_value
-from bslora_pyro.scoring.draws import chunks, draw_bytes, draw_slice, fitting_draws
+from bslora_pyro.scoring.draws import (
+    chunks,
+    draw_bytes,
+    draw_slice,
+    fitting_draws,
+    head_bytes,
+)
 from bslora_pyro.scoring.modes import MODES, SCORING_MODES, ScoringMode
 from bslora_pyro.scoring.modes.letter import find_letter_id
 from bslora_pyro.scoring.modes.loglik import scored_slots
@@ -65,7 +71,10 @@ class ChoiceScorer:
             draw); the adapted blocks may then start at block 0.
         draw_chunk_mb: estimated activation budget of one forward; draws beyond it run in
             further chunks. ``"auto"``: 64 MB on CPU (small chunks stay in cache and measure
-            fastest there), 4096 MB on accelerators; ``None``: all draws in one forward.
+            fastest there), 4096 MB on accelerators; ``None``: all draws in one forward. From
+            a frozen prefix the head then runs on the final states of as many draws as its
+            own activations fit in the same budget (every draw, typically), so that its
+            weight is read once rather than once per chunk.
     """
 
     def __init__(
@@ -181,24 +190,50 @@ class ChoiceScorer:
         return (summed.sum(1) / counts.unsqueeze(-1)).float()
 
     def _scores(self, model: Any, batch: EncodedBatch, num_draws: int) -> Tensor:
-        """Per-row scores of all draws, draw-major, computed chunk by chunk."""
+        """Per-row scores of all draws, draw-major. The network runs chunk by chunk of draws;
+        from a frozen prefix the head then runs on the final states of all draws at once
+        (in chunks of its own size): its weight is read once per chunk, not per draw chunk."""
         plan = self._plan(model, batch)
         per_chunk = self._draws_per_chunk(model, batch, plan.rows, num_draws, plan.prefix)
-        layers = gated_layers(model) if per_chunk < num_draws else []
+        layers = gated_layers(model)
+        mode = self.scoring_mode
+        if plan.prefix is None:
+            return self._in_chunks(
+                layers, num_draws, per_chunk,
+                lambda start, count: mode.full_scores(model, batch, count),
+            )
+        states = self._in_chunks(
+            layers, num_draws, per_chunk,
+            lambda start, count: self._chunk_states(batch, plan, count),
+        )
+        rows = states.shape[0] // num_draws
+        per_head = self._head_draws_per_chunk(model, batch, plan.rows, num_draws)
+        return self._in_chunks(
+            layers, num_draws, per_head,
+            lambda start, count: mode.head(
+                model, batch, states[start * rows : (start + count) * rows], count
+            ),
+        )
+
+    @staticmethod
+    def _in_chunks(
+        layers: list, num_draws: int, per_chunk: int, run: Callable[[int, int], Tensor]
+    ) -> Tensor:
+        """``run(start, count)`` per chunk of draws (each with only its draws' gates on the
+        gated layers), concatenated draw-major."""
+        if per_chunk >= num_draws:
+            return run(0, num_draws)
         parts = []
         for start, count in chunks(num_draws, per_chunk):
             with draw_slice(layers, num_draws, start, count):
-                parts.append(self._chunk_scores(model, batch, plan, count))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+                parts.append(run(start, count))
+        return torch.cat(parts)
 
-    def _chunk_scores(self, model: Any, batch: EncodedBatch, plan: _Plan, num_draws: int) -> Tensor:
-        """Per-row scores of one chunk of draws."""
+    def _chunk_states(self, batch: EncodedBatch, plan: _Plan, num_draws: int) -> Tensor:
+        """The final states the head reads, of one chunk of draws (from the frozen prefix)."""
         mode = self.scoring_mode
-        if plan.prefix is None:
-            return mode.full_scores(model, batch, num_draws)
         select = lambda h: mode.pick(batch, h, num_draws, plan.packed)  # noqa: E731
-        picked = plan.prefix.upper(plan.lower, plan.context, num_draws, select)
-        return mode.head(model, batch, picked, num_draws)
+        return plan.prefix.upper(plan.lower, plan.context, num_draws, select)
 
     def _draws_per_chunk(
         self,
@@ -213,17 +248,32 @@ class ChoiceScorer:
         def per_draw() -> int:
             if prefix is not None:
                 blocks = prefix.num_top_blocks
+                head = 0  # the head runs on its own (:meth:`_head_draws_per_chunk`)
             else:
                 config = getattr(model, "config", None)
                 blocks = int(getattr(config, "num_hidden_layers", 0) or 12)
-            head = rows.num_rows
-            if batch.target_mask is not None:
-                head = int(scored_slots(batch)[1].numel())
+                head = self._head_rows(batch, rows)
             width = int(rows.input_ids.shape[-1])
             return draw_bytes(model, rows.num_rows, width, blocks, head, torch.is_grad_enabled())
 
         cpu = rows.input_ids.device.type == "cpu"
         return fitting_draws(self.draw_chunk_mb, num_draws, cpu, per_draw)
+
+    def _head_draws_per_chunk(
+        self, model: Any, batch: EncodedBatch, rows: Rows, num_draws: int
+    ) -> int:
+        """How many draws of the head alone fit ``draw_chunk_mb`` (:func:`~.draws.head_bytes`)."""
+        cpu = rows.input_ids.device.type == "cpu"
+        per_draw = lambda: head_bytes(model, self._head_rows(batch, rows))  # noqa: E731
+        return fitting_draws(self.draw_chunk_mb, num_draws, cpu, per_draw)
+
+    @staticmethod
+    def _head_rows(batch: EncodedBatch, rows: Rows) -> int:
+        """Positions the head reads per draw: the scored continuation tokens in
+        ``choice_loglik`` modes, else one per row."""
+        if batch.target_mask is not None:
+            return int(scored_slots(batch)[1].numel())
+        return rows.num_rows
 
     # ------------------------------------------------------------------ fast paths
 
