@@ -542,20 +542,9 @@ def synthetic_reviews(count: int, seed: int) -> list[str]:
 
 def review_example(uid: str, text: str, label: int) -> MultipleChoiceExample:
     """A synthetic review as the ``movie_reviews`` task builds one (its prompts)."""
-    from bslora_pyro.data.prompts import (
-        SENTIMENT_CHOICES,
-        sentiment_letter_prompt,
-        sentiment_loglik_pairs,
-    )
+    from bslora_pyro.data.tasks.sentiment import sentiment_example
 
-    return MultipleChoiceExample(
-        uid=uid,
-        question=text,
-        choices=SENTIMENT_CHOICES,
-        label=label,
-        letter_prompt=sentiment_letter_prompt(text),
-        loglik_pairs=sentiment_loglik_pairs(text),
-    )
+    return sentiment_example(uid, text, label)
 
 
 def sentiment_examples(count: int, seed: int) -> tuple[list[MultipleChoiceExample], str]:
@@ -668,9 +657,7 @@ def measure_sentiment_models(
     names: Sequence[str], load: Callable[[str, torch.device, torch.dtype], Spec], args
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], torch.device, torch.dtype]:
     """The sentiment section for every causal LM among ``names`` (encoders are skipped)."""
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device, dtype = resolve_device(args)
+    device, dtype = _threads_and_device(args)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name in names:
         spec = load(name, device, dtype)
@@ -791,13 +778,18 @@ def environment(device: torch.device, dtype: torch.dtype, args) -> dict[str, Any
     }
 
 
+def _threads_and_device(args) -> tuple[torch.device, torch.dtype]:
+    """Set ``--threads`` (when given) and resolve the device and dtype of a measurement."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args)
+
+
 def measure_models(
     names: Sequence[str], load: Callable[[str, torch.device, torch.dtype], Spec], args
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], torch.device, torch.dtype]:
     """Every measurement of every model ``load(name, device, dtype)`` in both placements."""
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device, dtype = resolve_device(args)
+    device, dtype = _threads_and_device(args)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name in names:
         spec = load(name, device, dtype)
