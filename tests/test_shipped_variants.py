@@ -5,6 +5,7 @@ in a two-hour grid; here each one is built on a tiny model of the same layout.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tiny_run import save_tiny_model
 
 from bslora_pyro.experiment.config import load_config
 from bslora_pyro.experiment.grid import variant_config
+from bslora_pyro.experiment.rundir import write_gate_posterior
 from bslora_pyro.experiment.setup import build_method, build_scorer_and_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,8 @@ VARIANT_FILES = {
     "paper_cpu_sweep.yaml": "paper_cpu.yaml",
     "study_guides.yaml": "quickstart.yaml",
     "study_variants.yaml": "quickstart.yaml",
+    "sentiment_methods.yaml": "sentiment.yaml",
+    "sentiment_study.yaml": "sentiment.yaml",
 }
 CASES = [
     (file, variant)
@@ -42,13 +46,27 @@ def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("variants") / "model")
 
 
-@pytest.mark.parametrize(("file", "variant"), CASES, ids=[f"{f}:{v['name']}" for f, v in CASES])
-def test_shipped_variant_builds(file, variant, tiny_model):
+def _build(file: str, variant: dict, tiny_model: Path, out: Path):
     base = load_config(CONFIGS / VARIANT_FILES[file], [f"model.name={tiny_model}",
                                                       "model.device=cpu"])
-    config = variant_config(base, variant["name"], variant["method"],
-                            variant.get("set", []), seed=0)
+    overrides = [text.replace("{out}", str(out)) for text in variant.get("set", [])]
+    config = variant_config(base, variant["name"], variant["method"], overrides, seed=0)
     backbone, scorer = build_scorer_and_backbone(config)
-    method = build_method(config, backbone, scorer)
+    return config, build_method(config, backbone, scorer)
+
+
+@pytest.mark.parametrize(("file", "variant"), CASES, ids=[f"{f}:{v['name']}" for f, v in CASES])
+def test_shipped_variant_builds(file, variant, tiny_model, tmp_path):
+    # a matched control reads the gate posterior of the run it names: build that variant
+    # first and write its (untrained) posterior where the grid would
+    for reference in re.findall(r"\{out\}/([\w.-]+)/seed", " ".join(variant.get("set", []))):
+        named = {v["name"]: v for v in yaml.safe_load((ROOT / "experiments" / file)
+                                                     .read_text())["variants"]}
+        assert reference in named, f"{variant['name']} matches unknown variant {reference}"
+        _, ref_method = _build(file, named[reference], tiny_model, tmp_path)
+        run_dir = tmp_path / reference / "seed0"
+        run_dir.mkdir(parents=True)
+        assert write_gate_posterior(run_dir, ref_method) is not None
+    config, method = _build(file, variant, tiny_model, tmp_path)
     assert config.method == variant["method"]
     assert method is not None
