@@ -36,7 +36,7 @@ Every ratio names its reference (see ``RATIOS``). Peak memory of a method: what 
 (its backbone copy included) and two training steps add to the peak (on GPU
 ``max_memory_allocated`` above the allocation before; on CPU peak RSS above the RSS before,
 read from /proc after resetting the high-water mark). Prints the timings (median, min, max) and
-the ratios against the targets of issue #4, and writes everything to ``--out`` as JSON::
+the ratios against the project's cost targets (the list in docs/benchmarks/cost.md), and writes everything to ``--out`` as JSON::
 
     python benchmarks/bench_cost.py --models tiny,smollm2 --steps 5
     python benchmarks/bench_cost.py --models smollm2 --sections sentiment --reviews 400
@@ -114,7 +114,7 @@ class Ratio:
         return self.targets.get(placement, self.targets.get("*"))
 
 
-# targets of issue #4 (top 4 of 30 blocks: >= 30 blocks). The M-draw prediction target was
+# the CPU targets of docs/benchmarks/cost.md (top 4 of 30 blocks: >= 30 blocks). The M-draw prediction target was
 # stated against a plain-LoRA forward that ran the whole model: the uncached reference.
 RATIOS = (
     Ratio("train step / project LoRA step", "train_bayes", "train_plain", {"*": 1.10}),
@@ -129,7 +129,7 @@ RATIOS = (
           {"all": 0.9}),
     Ratio("train uncached / cached prefix", "train_no_prefix", "train_bayes", {"top": 4.0},
           ">=", min_blocks=30),
-    # issue 28: M = 10 prediction on the sentiment task at most 12x a cached MLE pass, top 4
+    # M = 10 prediction on the sentiment task at most 12x a cached MLE pass, top 4
     # of 30 blocks adapted; both passes warm
     Ratio("M={M} sentiment / cached MLE pass", "predict_sent_bayes", "predict_sent_mle",
           {"sent4": 12.0}, min_blocks=30),

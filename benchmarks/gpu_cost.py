@@ -7,8 +7,8 @@ paper's setting) and in the top ``--top-layers`` blocks, batch 4, prompts of up 
 answer-letter scoring. The measurements and the report are ``bench_cost.py``'s (peft's own
 LoRA, the project's plain LoRA and Bayesian sparse LoRA in one process, interleaved warm
 repeats, medians, ``torch.cuda.synchronize`` around every timing, peak memory from
-``torch.cuda.max_memory_allocated``); this script adds the shapes and the targets of
-issue 16, stated for the Llama-3.1-8B shape and printed as met or MISSED::
+``torch.cuda.max_memory_allocated``); this script adds the shapes and the GPU targets of
+docs/benchmarks/cost.md, stated for the Llama-3.1-8B shape and printed as met or MISSED::
 
     python benchmarks/gpu_cost.py --out gpu_check_out/gpu_cost.json  # on a GPU
     python benchmarks/gpu_cost.py --cpu-smoke --out smoke.json       # a tiny shape, CPU
@@ -55,7 +55,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
     },
 }
-TARGET_MODEL = "llama31-8b"  # the shape the targets of issue 16 are stated for
+TARGET_MODEL = "llama31-8b"  # the shape the GPU targets are stated for
 TARGETS = ["q_proj", "v_proj", "lm_head"]
 PAPER = "paper (Llama-3.1-8B, A40): train 0.46-0.72x LoRA, M=10 eval 4.4-7.8x, memory 1.19-1.22x"
 
@@ -133,7 +133,7 @@ def load_shape(name: str, device: torch.device, dtype: torch.dtype) -> Spec:
 def target_lines(rows: list[dict[str, Any]], model: str, smoke: bool) -> list[str]:
     """One line per stated target: met or MISSED."""
     note = " (cpu smoke: a tiny shape, not a measurement)" if smoke else ""
-    lines = [f"targets of issue 16 on {model}{note}; {PAPER}"]
+    lines = [f"GPU cost targets on {model}{note}; {PAPER}"]
     for row in rows:
         if row["met"] is None:
             continue

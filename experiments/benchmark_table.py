@@ -54,9 +54,12 @@ def run_values(run: Path) -> dict[str, float]:
     out["active ranks"] = metrics["_run"].get("expected_active_ranks", math.nan)
     out["minutes"] = metrics["_run"].get("run_seconds", math.nan) / 60
     for name in sets[1:]:
+        mutual_information = metrics[name].get("mean_mutual_information", math.nan)
         for header, key in OOD_COLUMNS:
-            out[f"{name} {header}"] = metrics[name].get(key, math.nan)
-        out[f"{name} MI"] = metrics[name].get("mean_mutual_information", math.nan)
+            # a point estimate's MI is 0 on every input: its MI scores rank nothing
+            no_draws = header.endswith(" MI") and mutual_information == 0
+            out[f"{name} {header}"] = math.nan if no_draws else metrics[name].get(key, math.nan)
+        out[f"{name} MI"] = mutual_information
     out["_sets"] = sets  # type: ignore[assignment]
     return out
 
@@ -88,7 +91,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def in_distribution_table(runs: dict[str, list[dict]]) -> str:
-    headers = ["method", "seeds", *[h for h, _, _ in ID_COLUMNS], "train NLL", "T",
+    headers = ["method", "seeds", *[h for h, _, _ in ID_COLUMNS], "final train NLL", "T",
                "active ranks", "min/run"]
     rows = []
     for name, seeds in runs.items():

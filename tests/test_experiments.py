@@ -261,3 +261,9 @@ def test_benchmark_table_pools_seeds_and_pairs_variants(grid_dir, tmp_path):
     assert len(mle_acc) == 2 and benchmark_table.cell(mle_acc).count("±") == 1
     pair = next(line for line in text.splitlines() if line.startswith("| bslora | mle"))
     assert pair.split(" | ")[2] == "2"  # two seeds paired
+    # a point estimate has no MI to rank by: its MI columns stay empty, the gates' do not
+    ood = text.split("## Out of distribution: arc_challenge:dev")[1]
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+             for line in ood.splitlines() if line.startswith("| ") and "---" not in line}
+    assert cells["mle"][1] == "" and cells["mle"][2] != ""
+    assert cells["bslora"][1] != ""
