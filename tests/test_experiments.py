@@ -267,3 +267,18 @@ def test_benchmark_table_pools_seeds_and_pairs_variants(grid_dir, tmp_path):
              for line in ood.splitlines() if line.startswith("| ") and "---" not in line}
     assert cells["mle"][1] == "" and cells["mle"][2] != ""
     assert cells["bslora"][1] != ""
+
+
+def test_reliability_figure_overlays_runs_and_names_a_missing_set(grid_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import reliability_figure
+
+    out, _, _ = grid_dir
+    runs = [str(out / name / "seed0") for name in ("mle", "bslora")]
+    figure = tmp_path / "reliability.png"
+    reliability_figure.main(reliability_figure.parse_args(
+        [*runs, "--set", "arc_easy:dev", "--out", str(figure), "--min-count", "1"]))
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="no predictions for arc_easy:test"):
+        reliability_figure.main(reliability_figure.parse_args(
+            [*runs, "--set", "arc_easy:test", "--out", str(figure)]))
