@@ -256,3 +256,24 @@ def test_notebook_executes(run_dir, analyzed, tmp_path, monkeypatch):
     assert any("runs/quickstart/bslora/seed0: method bslora" in o.get("text", "")
                for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
+
+
+def test_rendered_notebook_page_has_the_figures_and_the_run(run_dir, analyzed, tmp_path,
+                                                            monkeypatch):
+    """scripts/render_notebook.py executes a copy on a run and writes Markdown + PNGs."""
+    pytest.importorskip("nbclient")
+    _use_this_python_kernel(tmp_path, monkeypatch)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import render_notebook
+
+    page = tmp_path / "docs" / "notebook.md"
+    page.parent.mkdir()
+    render_notebook.main([str(NOTEBOOK), str(run_dir), "--out", str(page),
+                          "--title", "The notebook", "--intro", "Rendered on a tiny run."])
+    text = page.read_text()
+    assert text.startswith("# The notebook\n\nRendered on a tiny run.")
+    assert f"{run_dir}: method bslora" in text.replace(str(run_dir.resolve()), str(run_dir))
+    figures = sorted((tmp_path / "docs" / "notebook_files").glob("*.png"))
+    assert len(figures) >= 4 and all(f"notebook_files/{f.name}" in text for f in figures)
+    with pytest.raises(SystemExit, match="no posterior.nc"):
+        render_notebook.main([str(NOTEBOOK), str(tmp_path), "--out", str(page)])
