@@ -27,7 +27,7 @@ def _text(output) -> str | None:
     data = output.get("data", {})
     if "text/markdown" in data:
         return None
-    if "text/plain" in data and "image/png" not in data and "text/html" not in data:
+    if "text/plain" in data and "image/png" not in data:  # other HTML (xarray) as text
         return data["text/plain"]
     return None
 
@@ -39,7 +39,9 @@ def render(notebook: Path, run_dir: Path, out: Path, title: str | None = None,
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    os.environ["BSLORA_RUN_DIR"] = str(Path(run_dir).resolve())
+    # relative to the notebook's folder, so no path of this machine lands in the page
+    os.environ["BSLORA_RUN_DIR"] = os.path.relpath(Path(run_dir).resolve(),
+                                                   notebook.parent.resolve())
     nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
                             resources={"metadata": {"path": str(notebook.parent)}}).execute()
     figures = out.parent / f"{out.stem}_files"
@@ -65,7 +67,7 @@ def render(notebook: Path, run_dir: Path, out: Path, title: str | None = None,
                 name = f"figure_{count}.png"
                 (figures / name).write_bytes(base64.b64decode(data["image/png"]))
                 lines += [f"![figure {count}]({figures.name}/{name})", ""]
-            elif "text/html" in data:
+            elif 'class="dataframe"' in data.get("text/html", ""):  # a table: keep it
                 lines += [data["text/html"], ""]
             elif (text := _text(output)) is not None:
                 lines += ["```text", ANSI.sub("", text).rstrip(), "```", ""]
