@@ -64,10 +64,14 @@ def run_values(run: Path) -> dict[str, float]:
     return out
 
 
-def collect(folder: Path, order: list[str] | None = None) -> dict[str, list[dict]]:
-    """variant -> the values of each finished seed, in ``order`` (else folder order)."""
+def collect(folder: Path, order: list[str] | None = None,
+            seeds: list[int] | None = None) -> dict[str, list[dict]]:
+    """variant -> the values of each finished seed (only ``seeds`` when given), in
+    ``order`` (else folder order)."""
     found: dict[str, list[dict]] = {}
     for run in sorted(folder.glob("*/seed*")):
+        if seeds is not None and run.name not in {f"seed{k}" for k in seeds}:
+            continue
         if (run / rundir.METRICS).is_file():
             found.setdefault(run.parent.name, []).append(run_values(run))
     names = [n for n in (order or sorted(found)) if n in found]

@@ -9,6 +9,10 @@
   rate, spread of q(z = 1), KL to random dropout at its rate, KL to the prior).
 
     python experiments/sentiment_tables.py runs/sentiment
+    python experiments/sentiment_tables.py runs/sentiment --seeds 0 --out runs/sentiment/seed0
+
+``--seeds`` keeps only those seeds (so that every row has the same ones); ``--out`` is where
+the two files go (default: the folder).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _wins(diffs: list[float]) -> str:
     return "yes" if mean < 0 and -mean > 2 * sd else "no"
 
 
-def study_table(folder: Path) -> str:
+def study_table(folder: Path, seeds: list[int] | None = None) -> str:
     headers = ["variant", "seeds", "val NLL", "matched val NLL", "Δ val NLL", "NLL",
                "matched NLL", "Δ NLL", "ECE", "matched ECE", "Δ ECE", "wins (val NLL / NLL / "
                "ECE)", "MI", "active ranks", "keep", "q sd", "KL to dropout", "KL to prior"]
@@ -73,7 +77,8 @@ def study_table(folder: Path) -> str:
     for name in gated_variants():
         learned, control = folder / name, folder / f"{name}{MATCHED}"
         pairs = [(run, control / run.name) for run in sorted(learned.glob("seed*"))
-                 if (run / rundir.METRICS).is_file()
+                 if (seeds is None or run.name in {f"seed{k}" for k in seeds})
+                 and (run / rundir.METRICS).is_file()
                  and (control / run.name / rundir.METRICS).is_file()]
         if not pairs:
             continue
@@ -99,7 +104,10 @@ def study_table(folder: Path) -> str:
 def main(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     order = [v["name"] for v in _variants(METHODS)]
-    runs = bt.collect(folder, order + [v["name"] for v in _variants(STUDY)])
+    seeds_kept = [int(k) for k in args.seeds.split(",")] if args.seeds else None
+    out = Path(args.out) if args.out else folder
+    out.mkdir(parents=True, exist_ok=True)
+    runs = bt.collect(folder, order + [v["name"] for v in _variants(STUDY)], seeds_kept)
     if not runs:
         raise SystemExit(f"no finished runs under {folder}")
     seeds = max(len(v) for v in runs.values())
@@ -113,17 +121,19 @@ def main(args: argparse.Namespace) -> None:
              bt.in_distribution_table(rows), ""]
     for name in sets[1:]:
         parts += [f"## Out of distribution: {name}", "", bt.ood_table(rows, name), ""]
-    (folder / "tables.md").write_text("\n".join(parts))
+    (out / "tables.md").write_text("\n".join(parts))
     study = ["## Learned rank posterior vs random rank dropout at its sparsity", "",
-             study_table(folder), ""]
-    (folder / "study.md").write_text("\n".join(study))
+             study_table(folder, seeds_kept), ""]
+    (out / "study.md").write_text("\n".join(study))
     print("\n".join(parts + study))
-    print(f"written: {folder / 'tables.md'}, {folder / 'study.md'}")
+    print(f"written: {out / 'tables.md'}, {out / 'study.md'}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="the benchmark's output folder (runs/sentiment)")
+    parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
+    parser.add_argument("--out", help="folder for tables.md and study.md (default: folder)")
     return parser.parse_args(argv)
 
 

@@ -381,3 +381,10 @@ def test_the_benchmark_scripts_run_methods_study_and_tables(package: Path, tmp_p
     rows = [line for line in study.splitlines() if line.startswith("| bslora |")
             or line.startswith("| p0_0.1 |")]
     assert len(rows) == 2 and all(" | 2 | " in row for row in rows)
+    # one seed of the same runs, written elsewhere, leaves the two-seed tables alone
+    sentiment_tables.main(sentiment_tables.parse_args([str(out), "--seeds", "1", "--out",
+                                                       str(out / "seed1")]))
+    one = (out / "seed1" / "study.md").read_text()
+    assert all(" | 1 | " in line for line in one.splitlines() if line.startswith("| bslora |"))
+    assert "over 1 seeds" in (out / "seed1" / "tables.md").read_text()
+    assert (out / "study.md").read_text() == study
