@@ -64,15 +64,18 @@ def run_values(run: Path) -> dict[str, float]:
     return out
 
 
+def kept_seed(run: Path, seeds: list[int] | None) -> bool:
+    """Whether the run folder ``.../seed<k>`` is one of ``seeds`` (all when ``None``)."""
+    return seeds is None or run.name in {f"seed{k}" for k in seeds}
+
+
 def collect(folder: Path, order: list[str] | None = None,
             seeds: list[int] | None = None) -> dict[str, list[dict]]:
     """variant -> the values of each finished seed (only ``seeds`` when given), in
     ``order`` (else folder order)."""
     found: dict[str, list[dict]] = {}
     for run in sorted(folder.glob("*/seed*")):
-        if seeds is not None and run.name not in {f"seed{k}" for k in seeds}:
-            continue
-        if (run / rundir.METRICS).is_file():
+        if kept_seed(run, seeds) and (run / rundir.METRICS).is_file():
             found.setdefault(run.parent.name, []).append(run_values(run))
     names = [n for n in (order or sorted(found)) if n in found]
     return {name: found[name] for name in names}

@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    file_name = args.set.replace(":", "__") + ".jsonl"
+    file_name = f"{rundir.safe_name(args.set)}.jsonl"  # as the run wrote it
     fig, (curve, hist) = plt.subplots(1, 2, figsize=(9, 4))
     curve.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     for run in map(Path, args.runs):

@@ -77,8 +77,7 @@ def study_table(folder: Path, seeds: list[int] | None = None) -> str:
     for name in gated_variants():
         learned, control = folder / name, folder / f"{name}{MATCHED}"
         pairs = [(run, control / run.name) for run in sorted(learned.glob("seed*"))
-                 if (seeds is None or run.name in {f"seed{k}" for k in seeds})
-                 and (run / rundir.METRICS).is_file()
+                 if bt.kept_seed(run, seeds) and (run / rundir.METRICS).is_file()
                  and (control / run.name / rundir.METRICS).is_file()]
         if not pairs:
             continue

@@ -13,7 +13,7 @@ import yaml
 from tiny_run import save_tiny_model
 
 from bslora_pyro.experiment.config import load_config
-from bslora_pyro.experiment.grid import variant_config
+from bslora_pyro.experiment.grid import _overrides, variant_config
 from bslora_pyro.experiment.rundir import write_gate_posterior
 from bslora_pyro.experiment.setup import build_method, build_scorer_and_backbone
 
@@ -49,8 +49,8 @@ def tiny_model(tmp_path_factory):
 def _build(file: str, variant: dict, tiny_model: Path, out: Path):
     base = load_config(CONFIGS / VARIANT_FILES[file], [f"model.name={tiny_model}",
                                                       "model.device=cpu"])
-    overrides = [text.replace("{out}", str(out)) for text in variant.get("set", [])]
-    config = variant_config(base, variant["name"], variant["method"], overrides, seed=0)
+    config = variant_config(base, variant["name"], variant["method"],
+                            _overrides(variant, out), seed=0)  # {out} as the grid fills it
     backbone, scorer = build_scorer_and_backbone(config)
     return config, build_method(config, backbone, scorer)
 
