@@ -282,3 +282,34 @@ def test_reliability_figure_overlays_runs_and_names_a_missing_set(grid_dir, tmp_
     with pytest.raises(SystemExit, match="no predictions for arc_easy:test"):
         reliability_figure.main(reliability_figure.parse_args(
             [*runs, "--set", "arc_easy:test", "--out", str(figure)]))
+
+
+def test_laplace_reorder_counts_where_the_predictive_and_its_mean_network_disagree(tmp_path,
+                                                                                    capsys):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import laplace_reorder
+
+    wide, narrow = [[900.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]
+    rows = [  # mean picks 1 everywhere; the wide first logit pulls the predictive to 0 once
+        {"label": 1, "probs": [0.6, 0.4], "logit_mean": [0.0, 1.0], "logit_cov": wide},
+        {"label": 1, "probs": [0.2, 0.8], "logit_mean": [0.0, 2.0], "logit_cov": narrow},
+        {"label": 0, "probs": [0.3, 0.7], "logit_mean": [0.0, 3.0], "logit_cov": narrow},
+        {"label": 1, "probs": [0.1, 0.9], "logit_mean": [0.0, 4.0], "logit_cov": narrow},
+    ]
+    run = tmp_path / "laplace" / "seed0"
+    (run / "predictions").mkdir(parents=True)
+    (run / "predictions" / "task__dev.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+    (run / "predictions" / "ood__test.jsonl").write_text(json.dumps(
+        {**rows[0], "label": None}) + "\n")
+    stats = laplace_reorder.reorder_stats(run / "predictions" / "task__dev.jsonl")
+    assert stats["mean_network_acc"] == 0.75 and stats["predictive_acc"] == 0.5
+    assert stats["disagree"] == 0.25
+    assert stats["logit_sd"] == pytest.approx((15.5 + 1 + 1 + 1) / 4)
+    assert laplace_reorder.reorder_stats(run / "predictions" / "ood__test.jsonl") is None
+    mle = tmp_path / "mle" / "seed0"
+    mle.mkdir(parents=True)
+    (mle / "metrics.json").write_text(json.dumps({"task:dev": {"acc": 0.7}}))
+    assert laplace_reorder.main([str(run), "--mle", str(tmp_path / "mle")]) == 0
+    table = capsys.readouterr().out
+    assert "| task:dev | 0.700 | 0.750 | 0.500 | 0.250 |" in table and "ood" not in table
