@@ -11,5 +11,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/experiment_env.sh
 methods=zero_shot,mle,map,mc_dropout,ensemble,blob,laplace,random_mask,temperature_scaling,bslora
-.venv/bin/bslora grid experiments/configs/quickstart.yaml --out runs/baselines \
+.venv/bin/bslora grid experiments/configs/arc_quickstart.yaml --out runs/baselines \
   --methods "$methods" --seeds 0,1,2 --set 'adapter.layers="-4:"' "$@"

@@ -2,7 +2,7 @@
 each with the same data, seeds and budget, run in one process (the frozen-prefix cache is
 shared) and compared in one table.
 
-    python experiments/calibration_study.py experiments/configs/quickstart.yaml \
+    python experiments/calibration_study.py experiments/configs/arc_quickstart.yaml \
         experiments/study_variants.yaml --out runs/study --seeds 0
 
 Several variants files run one after the other (``--only`` picks from all of them).

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up the environment, then fine-tune SmolLM2-135M on ARC-Easy with Bayesian sparse
-# LoRA next to plain LoRA (MLE) and the zero-shot model (same data, seed and budget),
-# evaluate on ARC-Easy dev and ARC-Challenge dev (shift), and print the comparison.
-# Extra arguments go to `bslora grid` (e.g. --seeds 0,1,2 or --set train.steps=100).
+# The quick start: set up the environment, then fine-tune SmolLM2-135M on movie-review
+# sentiment with Bayesian sparse LoRA next to plain LoRA (MLE) and the zero-shot model
+# (same data, seed and budget: experiments/configs/quickstart.yaml), evaluate on held-out
+# reviews and on two out-of-distribution sets (plot summaries, news headlines), and print
+# the comparison. Extra arguments go to `bslora grid` (e.g. --seeds 0,1,2).
+# The ARC-Easy quick start is experiments/arc_quickstart.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/experiment_env.sh

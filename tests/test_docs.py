@@ -29,11 +29,11 @@ USER_FACING = [README, REPO / "CHANGELOG.md", REPO / "CONTRIBUTING.md", *PAGES]
 #: what makes each page's Python blocks small: (text in the page, its replacement); each
 #: must be found, so an edit of the page cannot silently run the real model
 SMALL = {
-    README: [('load_backbone("smollm2-135m")', "load_backbone(MODEL)"), ("limit=600", "limit=16"),
-             ("limit=300", "limit=8"), ("steps=225", "steps=2"), ("range(50)", "range(2)")],
+    README: [('load_backbone("smollm2-135m")', "load_backbone(MODEL)"), ("limit=500", "limit=16"),
+             ("steps=500", "steps=2"), ("range(50)", "range(2)")],
     DOCS / "guide" / "python-api.md": [
-        ('load_backbone("smollm2-135m")', "load_backbone(MODEL)"), ("limit=600", "limit=16"),
-        ("limit=300", "limit=8"), ("steps=225", "steps=2")],
+        ('load_backbone("smollm2-135m")', "load_backbone(MODEL)"), ("limit=500", "limit=16"),
+        ("steps=500", "steps=2")],
     DOCS / "extending" / "pyro.md": [
         ('load_backbone("smollm2-135m")', "load_backbone(MODEL)"), ("range(50)", "range(2)")],
 }

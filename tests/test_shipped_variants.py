@@ -24,8 +24,9 @@ VARIANT_FILES = {
     "paper_cpu_methods.yaml": "paper_cpu.yaml",
     "study_paper_cpu.yaml": "paper_cpu.yaml",
     "paper_cpu_sweep.yaml": "paper_cpu.yaml",
-    "study_guides.yaml": "quickstart.yaml",
-    "study_variants.yaml": "quickstart.yaml",
+    "study_guides.yaml": "arc_quickstart.yaml",
+    "study_variants.yaml": "arc_quickstart.yaml",
+    "quickstart_lr.yaml": "quickstart.yaml",
     "sentiment_methods.yaml": "sentiment.yaml",
     "sentiment_study.yaml": "sentiment.yaml",
 }
