@@ -76,8 +76,11 @@ def test_compare_table_pools_seeds(grid_dir, capsys, tmp_path):
     assert rows == ["| tiny/zero_shot", "| tiny/mle", "| tiny/bslora"]  # the grid's order
     runs = [str(p) for p in sorted(out.glob("*/seed*"))]
     assert main(["compare", *runs, "--out", str(tmp_path)]) == 0
-    # 2 sets x 4 metrics, and the shift set's 2 OOD AUROCs
-    assert (tmp_path / "comparison.csv").read_text().count("tiny/mle") == 10
+    # 2 sets x 4 metrics, and the shift set's OOD AUROCs: by entropy and, for a predictive
+    # of several draws, by mutual information (a point estimate's MI is 0 everywhere)
+    csv_text = (tmp_path / "comparison.csv").read_text()
+    assert csv_text.count("tiny/mle") == 9 and csv_text.count("tiny/bslora") == 10
+    assert "tiny/mle,arc_challenge:dev,ood_auroc_mi" not in csv_text
 
 
 def test_grid_keeps_finished_runs_and_redoes_unfinished_ones(grid_dir, capsys, tmp_path):
@@ -313,3 +316,22 @@ def test_laplace_reorder_counts_where_the_predictive_and_its_mean_network_disagr
     assert laplace_reorder.main([str(run), "--mle", str(tmp_path / "mle")]) == 0
     table = capsys.readouterr().out
     assert "| task:dev | 0.700 | 0.750 | 0.500 | 0.250 |" in table and "ood" not in table
+
+
+def test_compare_leaves_out_a_single_draws_mi_scores_kept_by_older_runs(tmp_path):
+    from bslora_pyro.experiment.compare import compare_tables
+
+    shift = {"n": 5, "ood_auroc_entropy": 0.6, "ood_auroc_mi": 0.5, "mean_mutual_information": 0.0}
+    runs = []
+    for method, draws in (("mle", 1), ("bslora", 4)):
+        run = tmp_path / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"name: old\nmethod: {method}\n")
+        (run / "metrics.json").write_text(json.dumps({
+            "task:dev": {"n": 5, "acc": 0.8, "num_samples": draws},
+            "ood:test": {**shift, "num_samples": draws}}))
+        runs.append(run)
+    _, csv_text = compare_tables(runs)
+    assert "old/bslora,ood:test,ood_auroc_mi" in csv_text
+    assert "old/mle,ood:test,ood_auroc_entropy" in csv_text
+    assert "old/mle,ood:test,ood_auroc_mi" not in csv_text

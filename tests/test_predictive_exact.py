@@ -57,6 +57,16 @@ def test_nll_is_exact_far_past_float32_underflow(tmp_path):
     assert set_metrics(back)["nll"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_single_draw_gets_no_ood_scores_by_mutual_information(tmp_path):
+    torch.manual_seed(0)
+    labelled = _predict(torch.randn(1, 40, 2), torch.randint(2, (40,)))
+    unlabelled = _predict(0.1 * torch.randn(1, 30, 2), torch.full((30,), NO_LABEL))
+    out = set_metrics(unlabelled, reference=labelled)
+    assert out["num_samples"] == 1 and out["mean_mutual_information"] == 0.0
+    assert "ood_auroc_entropy" in out and "ood_fpr95_entropy" in out
+    assert "ood_auroc_mi" not in out and "ood_fpr95_mi" not in out
+
+
 def test_unlabelled_set_gets_uncertainty_and_ood_scores_only(tmp_path):
     torch.manual_seed(0)
     labelled = _predict(torch.randn(3, 40, 2), torch.randint(2, (40,)))

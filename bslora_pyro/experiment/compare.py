@@ -13,6 +13,8 @@ from bslora_pyro.experiment import rundir
 from bslora_pyro.experiment.rundir import TEMPERED
 
 METRICS = ("acc", "ece", "nll", "brier", "ood_auroc_entropy", "ood_auroc_mi")
+#: OOD scores by mutual information: none for a predictive of one draw
+MI_OOD = ("ood_auroc_mi", "ood_fpr95_mi")
 LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc", "ood_fpr95_entropy", "ood_fpr95_mi",
                    "mean_mutual_information"}
 
@@ -57,6 +59,8 @@ def collect(run_dirs: list[Path]) -> dict[str, dict[str, dict[str, list[float]]]
                     continue
                 cell = setting.setdefault(name, {})
                 for metric, value in values.items():
+                    if metric in MI_OOD and values.get("num_samples") == 1:
+                        continue  # a single draw's MI is 0 everywhere (older runs kept it)
                     if isinstance(value, (int, float)):
                         cell.setdefault(metric, []).append(float(value))
     return table

@@ -37,7 +37,8 @@ def set_metrics(preds: Predictions, reference: Predictions | None = None) -> dic
     """ACC / ECE / NLL / Brier and the area under the risk-coverage curve (a labelled set),
     mean predictive entropy and mutual information, and when a ``reference``
     (in-distribution) set is given, OOD detection of this set against it: AUROC and FPR at
-    95 % TPR by predictive entropy and by mutual information. An unlabelled set (an
+    95 % TPR by predictive entropy and, for a predictive of several draws, by mutual
+    information. An unlabelled set (an
     out-of-distribution set without answers) gets the uncertainty and OOD scores only."""
     probs = preds.probs.double().numpy()
     out: dict = {"n": int(preds.labels.shape[0])}
@@ -54,9 +55,10 @@ def set_metrics(preds: Predictions, reference: Predictions | None = None) -> dic
         ent_in = M.predictive_entropy(reference.probs.double().numpy())
         mi_in = M.mutual_information(reference.sample_probs.double().numpy())
         out["ood_auroc_entropy"] = float(M.auroc(ent_in, entropy))
-        out["ood_auroc_mi"] = float(M.auroc(mi_in, mutual))
         out["ood_fpr95_entropy"] = M.fpr_at_tpr(ent_in, entropy)
-        out["ood_fpr95_mi"] = M.fpr_at_tpr(mi_in, mutual)
+        if preds.num_samples > 1:  # one draw has MI 0 everywhere: it ranks nothing
+            out["ood_auroc_mi"] = float(M.auroc(mi_in, mutual))
+            out["ood_fpr95_mi"] = M.fpr_at_tpr(mi_in, mutual)
     return {k: (float(v) if not isinstance(v, int) else v) for k, v in out.items()}
 
 
