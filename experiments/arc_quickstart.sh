@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
-# The ARC quick start: set up the environment, then fine-tune SmolLM2-135M on ARC-Easy with Bayesian sparse
-# LoRA next to plain LoRA (MLE) and the zero-shot model (same data, seed and budget),
-# evaluate on ARC-Easy dev and ARC-Challenge dev (shift), and print the comparison.
-# Extra arguments go to `bslora grid` (e.g. --seeds 0,1,2 or --set train.steps=100).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/experiment_env.sh
-.venv/bin/bslora grid experiments/configs/arc_quickstart.yaml --out runs/arc_quickstart \
-  --methods zero_shot,mle,bslora "$@"
-for run in runs/arc_quickstart/*/seed*/; do
-  .venv/bin/bslora analyze "$run" > /dev/null   # ArviZ posterior.nc, gate heatmaps, plots
-done
-echo "reports: runs/arc_quickstart/*/seed*/report.md"
+# The ARC quick start: the quick start's three methods (zero-shot, MLE, Bayesian sparse
+# LoRA) fine-tuned on ARC-Easy and evaluated on ARC-Easy dev and ARC-Challenge dev (shift),
+# with experiments/configs/arc_quickstart.yaml, into runs/arc_quickstart. Extra arguments
+# go to `bslora grid` (e.g. --seeds 0,1,2 or --set train.steps=100).
+CONFIG=experiments/configs/arc_quickstart.yaml OUT=runs/arc_quickstart \
+  exec bash "$(dirname "$0")/quickstart.sh" "$@"
