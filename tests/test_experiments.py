@@ -176,7 +176,7 @@ def test_paper_grid_runs_named_variants_and_writes_paper_tables(tmp_path):
     assert all(t["run_seconds"] >= t["train_seconds"] for t in timings)  # training is a part
     seconds = [t["run_seconds"] for t in timings]
     assert timing[2] == f"| mle | {seconds[0] / 60:.1f} |"
-    assert timing[-1] == f"2 timed runs, {sum(seconds) / 3600:.2f} h in all, one after another."
+    assert timing[-1] == f"2 timed runs, {sum(seconds) / 3600:.2f} h summed over the runs (the wall time if they ran one after another)."
 
     # --table-only trains nothing: seed 1 never ran, so its cells say they hold one seed
     paper_grid.main(paper_grid.parse_args([
