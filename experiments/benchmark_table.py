@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from bslora_pyro.experiment import rundir
+from bslora_pyro.experiment.compare import MI_OOD, single_draw
 
 TRAIN_TAIL = 25  # training NLL: the mean over the last steps
 ID_COLUMNS = [("val NLL", "_validation", "nll"), ("ACC", None, "acc"), ("ECE", None, "ece"),
@@ -56,8 +57,7 @@ def run_values(run: Path) -> dict[str, float]:
     for name in sets[1:]:
         mutual_information = metrics[name].get("mean_mutual_information", math.nan)
         for header, key in OOD_COLUMNS:
-            # a point estimate's MI is 0 on every input: its MI scores rank nothing
-            no_draws = header.endswith(" MI") and mutual_information == 0
+            no_draws = key in MI_OOD and single_draw(metrics[name])
             out[f"{name} {header}"] = math.nan if no_draws else metrics[name].get(key, math.nan)
         out[f"{name} MI"] = mutual_information
     out["_sets"] = sets  # type: ignore[assignment]

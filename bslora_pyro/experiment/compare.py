@@ -19,6 +19,12 @@ LOWER_IS_BETTER = {"ece", "nll", "brier", "aurc", "ood_fpr95_entropy", "ood_fpr9
                    "mean_mutual_information"}
 
 
+def single_draw(set_metrics: dict) -> bool:
+    """Whether a set was predicted with one draw: its MI is 0 on every input, so MI-based
+    OOD scores rank nothing (runs made before ``set_metrics`` left them out still hold them)."""
+    return set_metrics.get("num_samples") == 1
+
+
 #: what a method's label adds, from its options, so a table says which variant it shows
 QUALIFIERS = {
     "laplace": lambda options: {"kron": "K-FAC"}.get(options.get("hessian"), "diagonal GGN"),
@@ -59,8 +65,8 @@ def collect(run_dirs: list[Path]) -> dict[str, dict[str, dict[str, list[float]]]
                     continue
                 cell = setting.setdefault(name, {})
                 for metric, value in values.items():
-                    if metric in MI_OOD and values.get("num_samples") == 1:
-                        continue  # a single draw's MI is 0 everywhere (older runs kept it)
+                    if metric in MI_OOD and single_draw(values):
+                        continue
                     if isinstance(value, (int, float)):
                         cell.setdefault(metric, []).append(float(value))
     return table
