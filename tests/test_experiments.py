@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -270,6 +272,16 @@ def test_benchmark_table_pools_seeds_and_pairs_variants(grid_dir, tmp_path):
              for line in ood.splitlines() if line.startswith("| ") and "---" not in line}
     assert cells["mle"][1] == "" and cells["mle"][2] != ""
     assert cells["bslora"][1] != ""
+    # a run made before set_metrics left them out still holds a one-draw MI score: blanked
+    old = tmp_path / "old" / "mle" / "seed0"
+    shutil.copytree(out / "mle" / "seed0", old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    metrics["arc_challenge:dev"].update(ood_auroc_mi=0.5, ood_fpr95_mi=1.0)
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    kept = benchmark_table.run_values(old)
+    assert math.isnan(kept["arc_challenge:dev AUROC MI"])
+    assert math.isnan(kept["arc_challenge:dev FPR95 MI"])
+    assert kept["arc_challenge:dev AUROC entropy"] == metrics["arc_challenge:dev"]["ood_auroc_entropy"]
 
 
 def test_reliability_figure_overlays_runs_and_names_a_missing_set(grid_dir, tmp_path):
