@@ -15,7 +15,6 @@ top probability, next to the accuracy of a plain-LoRA run of the same seed when 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -54,19 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="Laplace run folders")
     parser.add_argument("--mle", type=Path, help="folder of plain-LoRA runs (seed<k> inside)")
     args = parser.parse_args(argv)
+    sets_of = {run: [k for k in rundir.read_metrics(run) if not k.startswith("_")]
+               for run in args.runs}
+    for run, sets in sets_of.items():
+        if not sets:
+            raise SystemExit(f"{run}: no {rundir.METRICS} (is it a finished run?)")
     print("| run | set | MLE ACC | mean-network ACC | predictive ACC | disagree | "
           "logit sd | top prob |")
     print("|---|---|---|---|---|---|---|---|")
-    for run in args.runs:
-        for path in sorted((run / "predictions").glob("*.jsonl")):
-            stats = reorder_stats(path)
+    for run, sets in sets_of.items():
+        mle_metrics = rundir.read_metrics(args.mle / run.name) if args.mle else {}
+        for label in sets:
+            stats = reorder_stats(run / rundir.PREDICTIONS / f"{rundir.safe_name(label)}.jsonl")
             if stats is None:
                 continue
-            label = path.stem.replace("__", ":")
-            mle = ""
-            if args.mle and (args.mle / run.name / rundir.METRICS).is_file():
-                metrics = json.loads((args.mle / run.name / rundir.METRICS).read_text())
-                mle = f"{metrics[label]['acc']:.3f}" if label in metrics else ""
+            mle = f"{mle_metrics[label]['acc']:.3f}" if label in mle_metrics else ""
             print(f"| {run} | {label} | {mle} | {stats['mean_network_acc']:.3f} | "
                   f"{stats['predictive_acc']:.3f} | {stats['disagree']:.3f} | "
                   f"{stats['logit_sd']:.2f} | {stats['top_prob']:.3f} |")

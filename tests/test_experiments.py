@@ -317,6 +317,7 @@ def test_laplace_reorder_counts_where_the_predictive_and_its_mean_network_disagr
         "".join(json.dumps(r) + "\n" for r in rows))
     (run / "predictions" / "ood__test.jsonl").write_text(json.dumps(
         {**rows[0], "label": None}) + "\n")
+    (run / "metrics.json").write_text(json.dumps({"task:dev": {"acc": 0.5}, "ood:test": {}}))
     stats = laplace_reorder.reorder_stats(run / "predictions" / "task__dev.jsonl")
     assert stats["mean_network_acc"] == 0.75 and stats["predictive_acc"] == 0.5
     assert stats["disagree"] == 0.25
