@@ -155,7 +155,8 @@ def _time_table(tasks: list[str], runs: dict[str, dict[str, list[Path]]]) -> str
             total, timed = total + sum(seconds), timed + len(seconds)
             cells.append(f"{statistics.fmean(seconds) / 60:.1f}" if seconds else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"{timed} timed runs, {total / 3600:.2f} h summed over the runs (the wall time if they ran one after another)"
+    lines += ["", f"{timed} timed runs, {total / 3600:.2f} h summed over the runs"
+              " (the wall time if they ran one after another)"
               + (f" ({untimed} finished runs have no timing: made before runs recorded it)"
                  if untimed else "") + "."]
     return "\n".join(lines)
